@@ -1,0 +1,664 @@
+"""The stages of one backorder cycle at run time T: extract, check, allocate, check, publish, side effects, report.
+
+Every stage is a plain function of (database URL, T) so that Airflow tasks, the CLI, the tests and the benchmark
+run exactly the same code. Stages pass data through a run-scoped staging schema in PostgreSQL, never in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+
+from backorders import db, schema
+from backorders.rules import Rules, load_rules
+from backorders.settings import read_sql
+
+log = logging.getLogger(__name__)
+
+
+class RunRefused(RuntimeError):
+    """The run would corrupt state (for example a re-run of an old T while later runs exist)."""
+
+
+class CheckFailed(RuntimeError):
+    """A blocking data-quality check failed; nothing of the run is published."""
+
+
+# ----------------------------------------------------------------------------------------------- run identity
+def as_run_time(value) -> datetime:
+    """A run time T as an aware UTC datetime (accepts datetimes, pendulum objects and ISO strings)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        raise TypeError(f"run time: expected a datetime or ISO 8601 text, got {value!r}")
+    if value.tzinfo is None:
+        raise ValueError(f"run time {value.isoformat()}: a time zone is required")
+    return datetime.fromtimestamp(value.timestamp(), tz=timezone.utc)
+
+
+def resolve_run_time(logical_date=None, run_after=None) -> datetime:
+    """T of an Airflow run: its logical date, or for a manual run without one, the time it was queued (run_after)."""
+    if logical_date is not None:
+        return as_run_time(logical_date)
+    if run_after is not None:
+        return as_run_time(run_after)
+    raise ValueError("a run needs a logical date or a run_after time")
+
+
+def run_id_for(t: datetime) -> str:
+    return "cycle_" + t.strftime("%Y%m%dT%H%M%SZ")
+
+
+def staging_schema(t: datetime) -> str:
+    """Name of the run's staging schema (derived from T only, so every task of the run finds it)."""
+    return "stg_" + t.strftime("%Y%m%dt%H%M%S")
+
+
+def _sql(name: str, stg: str) -> str:
+    return read_sql(name).replace("{stg}", stg)
+
+
+def _counts(cur, sql: str, params=None) -> int:
+    cur.execute(sql, params)
+    return int(cur.fetchone()[0] or 0)
+
+
+# ----------------------------------------------------------------------------------------------- begin
+def begin_run(url: str, t, airflow_run_id: str | None = None, rules: Rules | None = None,
+              allow_rewind_later: bool = False) -> dict:
+    """Bring the schema up to date, validate the rules, rewind an earlier execution of T, open the run and its staging schema.
+
+    A run at T when runs after T exist would have to undo them too: refused unless allow_rewind_later.
+    """
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    schema.upgrade(url)
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(727172)")
+        cur.execute("SELECT run_at FROM oms.pipeline_runs WHERE run_at > %s AND status <> 'FAILED' ORDER BY run_at", (t,))
+        later = [r[0] for r in cur.fetchall()]
+        if later and not allow_rewind_later:
+            raise RunRefused(
+                f"run at {t.isoformat()} refused: {len(later)} later run(s) exist "
+                f"({', '.join(x.isoformat() for x in later[:5])}{', ...' if len(later) > 5 else ''}); "
+                "re-running an old T alone would undo them. Clear this run together with every later run "
+                "(Airflow: Clear with 'Future' ticked), or set allow_rewind_later to undo them."
+            )
+        cur.execute("SELECT count(*) FROM oms.pipeline_runs WHERE run_at >= %s", (t,))
+        if cur.fetchone()[0]:
+            log.warning("rewinding the effects of runs at or after %s before running it again", t.isoformat())
+            cur.execute(read_sql("rewind_runs"), {"t": t})
+            cur.execute("SELECT order_id, line_id FROM rewind_touched")
+            touched = cur.fetchall()
+            cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE; CREATE SCHEMA {stg}")
+            cur.execute(f"CREATE TABLE {stg}.touched (order_id text, line_id text)")
+            cur.executemany(f"INSERT INTO {stg}.touched VALUES (%s, %s)", touched) if len(touched) < 1000 else \
+                db.copy_frame(conn, pd.DataFrame(touched, columns=["order_id", "line_id"]), f"{stg}.touched")
+            # the rewound state's timestamps are those of the last remaining run
+            cur.execute("SELECT max(run_at) FROM oms.pipeline_runs")
+            prev = cur.fetchone()[0] or t
+            cur.execute(_sql("refresh_lines", stg), {"t": prev})
+        cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE; CREATE SCHEMA {stg}")
+        cur.execute(
+            "INSERT INTO oms.pipeline_runs (run_id, run_at, started_at, status, airflow_run_id) "
+            "VALUES (%s, %s, clock_timestamp(), 'RUNNING', %s)",
+            (run_id_for(t), t, airflow_run_id),
+        )
+        # the run's settings, as small staging tables the SQL stages join to
+        cur.execute(f"""CREATE TABLE {stg}.channels (store text PRIMARY KEY, sources text[], max_shipments integer,
+                        hold_incomplete boolean, exception_days integer, backorders_enabled boolean)""")
+        cur.execute(f"CREATE TABLE {stg}.pools (store text PRIMARY KEY, pool text NOT NULL)")
+        _channel_rows(cur, stg, rules, sorted(rules.channels))
+        cur.execute(f"CREATE TABLE {stg}.sources (source_code text PRIMARY KEY)")
+        for s in rules.sources:
+            cur.execute(f"INSERT INTO {stg}.sources VALUES (%s)", (s,))
+        cur.execute(f"CREATE TABLE {stg}.safety_stock (source_code text, sku text, qty bigint)")
+        ss = rules.safety_stock
+        rows = [("*", "*", ss.default)] + [(src, "*", q) for src, q in ss.sources.items()] \
+            + [("*", sku, q) for sku, q in ss.skus.items()] \
+            + [(src, sku, q) for src, m in ss.source_skus.items() for sku, q in m.items()]
+        cur.executemany(f"INSERT INTO {stg}.safety_stock VALUES (%s, %s, %s)", rows)
+    return {"run_at": t.isoformat(), "run_id": run_id_for(t), "staging": stg}
+
+
+# ----------------------------------------------------------------------------------------------- extract
+_MESSAGE_SQL = """
+SELECT m.message_id, m.received_at, m.body FROM landing.order_messages m
+WHERE m.received_at <= %(t)s
+  AND NOT EXISTS (SELECT 1 FROM oms.consumed_messages c WHERE c.message_id = m.message_id)
+ORDER BY m.message_id
+"""
+
+
+def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
+    """Parse the order messages received up to T and not yet consumed into new orders and lines; quarantine the rest."""
+    from backorders.messages import parse_messages
+
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        msgs = db.read_frame(conn, _MESSAGE_SQL, {"t": t}, dtypes={"message_id": "int64", "body": "object"},
+                             parse_dates=["received_at"])
+        batch = parse_messages(msgs)
+        orders, lines, rejects = batch.orders, batch.lines, batch.rejects
+
+        # duplicates (same order, same content) are consumed once; same id with other content is a conflict
+        known = {}
+        ids = sorted(set(orders["order_id"]))
+        if ids:
+            cur.execute("SELECT order_id, content_hash, message_id FROM oms.orders WHERE order_id = ANY(%s)", (ids,))
+            known = {oid: (h, mid) for oid, h, mid in cur.fetchall()}
+        orders = orders.sort_values("message_id", kind="stable")
+        first_seen: dict[str, tuple[str, int]] = dict(known)
+        outcome, conflict_reason = [], {}
+        for mid, oid, h in zip(orders["message_id"], orders["order_id"], orders["content_hash"]):
+            if oid not in first_seen:
+                first_seen[oid] = (h, mid)
+                outcome.append("PROCESSED")
+            elif first_seen[oid][0] == h:
+                outcome.append("DUPLICATE")
+            else:
+                outcome.append("CONFLICT")
+                conflict_reason[mid] = (f"conflict: order {oid} was already received in message "
+                                        f"{first_seen[oid][1]} with different content")
+        orders = orders.assign(outcome=outcome)
+        conflicts = orders[orders.outcome == "CONFLICT"]
+        good = orders[orders.outcome == "PROCESSED"].copy()
+        dupes = orders[orders.outcome == "DUPLICATE"]
+        lines = lines[lines["message_id"].isin(good["message_id"])].copy()
+
+        raw_by_id = msgs.set_index("message_id")
+        quarantine = pd.concat([
+            rejects[["message_id", "received_at", "reason", "raw"]],
+            pd.DataFrame({
+                "message_id": conflicts["message_id"].to_numpy(),
+                "received_at": raw_by_id.loc[conflicts["message_id"], "received_at"].to_numpy(),
+                "reason": [conflict_reason[m] for m in conflicts["message_id"]],
+                "raw": raw_by_id.loc[conflicts["message_id"], "body"].to_numpy(),
+            }),
+        ], ignore_index=True).sort_values("message_id")
+        quarantine = quarantine.assign(
+            quarantine_id="Q-msg-" + quarantine["message_id"].astype(str),
+            source="landing.order_messages",
+            source_ref=quarantine["message_id"].astype(str),
+            run_at=t,
+        )
+        consumed = pd.concat([
+            pd.DataFrame({"message_id": good["message_id"], "outcome": "PROCESSED", "order_id": good["order_id"]}),
+            pd.DataFrame({"message_id": dupes["message_id"], "outcome": "DUPLICATE", "order_id": dupes["order_id"]}),
+            pd.DataFrame({"message_id": quarantine["message_id"], "outcome": "QUARANTINED",
+                          "order_id": rejects.set_index("message_id")["order_id"].reindex(quarantine["message_id"]).to_numpy()
+                          if len(rejects) else None}),
+        ], ignore_index=True).assign(run_at=t)
+        # conflicts keep their order id for tracing
+        if len(conflicts):
+            consumed.loc[consumed.message_id.isin(conflicts.message_id), "order_id"] = \
+                consumed.loc[consumed.message_id.isin(conflicts.message_id), "message_id"].map(
+                    conflicts.set_index("message_id")["order_id"])
+
+        good, lines = _enrich(conn, good, lines, rules, t)
+
+        cur.execute(f"""
+            CREATE TABLE {stg}.new_orders (LIKE oms.orders INCLUDING DEFAULTS);
+            CREATE TABLE {stg}.new_lines (LIKE oms.order_lines INCLUDING DEFAULTS);
+            CREATE TABLE {stg}.quarantine (LIKE oms.quarantine INCLUDING DEFAULTS);
+            CREATE TABLE {stg}.consumed (LIKE oms.consumed_messages INCLUDING DEFAULTS);
+        """)
+        order_cols = ["order_id", "store", "origin_date", "customer_id", "customer_type", "customer_segment",
+                      "customer_email", "customer_name", "language", "country_code", "payment_method",
+                      "payment_reference", "currency", "authorized_amount", "authorization_status", "gateway_id",
+                      "transaction_id", "last_authorized_at", "shipping_method", "priority_tier", "promised_date",
+                      "ship_by_date", "status", "message_id", "content_hash", "order_attributes", "raw_order",
+                      "created_run_at", "updated_at"]
+        line_cols = ["order_id", "line_id", "line_number", "sku", "product_name", "qty_ordered", "qty_held", "status",
+                     "backorderable", "backorder_decided_by", "auto_cancel_at", "gross_amount", "net_amount",
+                     "tax_amount", "promise_delivery_date", "created_run_at", "updated_at"]
+        db.copy_frame(conn, good, f"{stg}.new_orders", order_cols)
+        db.copy_frame(conn, lines, f"{stg}.new_lines", line_cols)
+        db.copy_frame(conn, quarantine, f"{stg}.quarantine",
+                      ["quarantine_id", "source", "source_ref", "received_at", "reason", "raw", "run_at"])
+        db.copy_frame(conn, consumed, f"{stg}.consumed", ["message_id", "run_at", "outcome", "order_id"])
+    figures = {"messages_in": len(msgs), "orders_created": len(good), "lines_created": len(lines),
+               "messages_quarantined": len(quarantine), "messages_duplicate": len(dupes)}
+    log.info("extract orders at %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def _enrich(conn, orders: pd.DataFrame, lines: pd.DataFrame, rules: Rules, t: datetime):
+    """Add the run's decisions to new orders and lines: priority tier, ship-by date, backorderability, auto-cancel date."""
+    from backorders.eligibility import decide_backorderable, priority_tiers
+
+    orders = orders.copy()
+    stores = orders["store"]
+    promise_days = stores.map(lambda s: rules.channel(s).ship_promise_days).astype("int64")
+    orders["priority_tier"] = priority_tiers(orders, rules.priority) if len(orders) else []
+    orders["ship_by_date"] = orders["promised_date"].fillna(
+        orders["origin_date"] + pd.to_timedelta(promise_days, unit="D"))
+    orders["last_authorized_at"] = orders["origin_date"]
+    orders["status"] = "NEW"
+    orders["created_run_at"] = t
+    orders["updated_at"] = t
+
+    skus = sorted(set(lines["sku"]))
+    catalog = db.read_frame(conn, """
+        SELECT DISTINCT ON (sku) sku, backorders_allowed FROM landing.catalog_items
+        WHERE sku = ANY(%(skus)s) AND (updated_at IS NULL OR updated_at <= %(t)s)
+        ORDER BY sku, updated_at DESC NULLS LAST""", {"skus": skus, "t": t},
+        dtypes={"sku": "object", "backorders_allowed": "object"})
+    flag = catalog.set_index("sku")["backorders_allowed"].map({"t": True, "f": False})
+    lines = lines.merge(orders[["order_id", "store", "origin_date"]], on="order_id", how="left")
+    decision = decide_backorderable(
+        lines["allow_backorders"].astype("boolean"),
+        lines["sku"].map(flag).astype("boolean"),
+        lines["store"].map(lambda s: rules.channel(s).backorders_enabled).astype(bool),
+    )
+    lines["backorderable"] = decision["backorderable"].to_numpy()
+    lines["backorder_decided_by"] = decision["backorder_decided_by"].to_numpy()
+    cancel_days = lines["store"].map(lambda s: rules.channel(s).auto_cancel_after_days)
+    lines["auto_cancel_at"] = lines["origin_date"] + pd.to_timedelta(cancel_days.astype("float64"), unit="D")
+    lines.loc[~lines["backorderable"], "auto_cancel_at"] = pd.NaT
+    lines["qty_ordered"] = lines["qty"].astype("int64")
+    lines["qty_held"] = lines["qty_ordered"]          # placeholder until publish computes the real split
+    lines["status"] = "NEW"
+    lines["created_run_at"] = t
+    lines["updated_at"] = t
+    return orders, lines
+
+
+def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
+    """Stage the demand (new lines and waiting lines), the shipment confirmations to apply and the stock available at T."""
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        _add_unlisted_stores(cur, stg, rules)
+        cur.execute(_sql("stage_demand", stg), {"t": t})
+        cur.execute(_sql("stage_confirmations", stg), {"t": t})
+        cur.execute(_sql("stage_stock", stg), {"t": t})
+        cur.execute(f"ANALYZE {stg}.demand; ANALYZE {stg}.stock")
+        figures = {
+            "demand_lines": _counts(cur, f"SELECT count(*) FROM {stg}.demand"),
+            "stock_rows": _counts(cur, f"SELECT count(*) FROM {stg}.stock"),
+            "shipments_confirmed": _counts(cur, f"SELECT count(*) FROM {stg}.confirmations"),
+        }
+    log.info("extract stock at %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def _channel_rows(cur, stg: str, rules: Rules, stores) -> None:
+    from backorders.allocation import ChannelPolicy
+    from backorders.pools import stock_pools
+
+    for s in stores:
+        c = rules.channel(s)
+        cur.execute(f"INSERT INTO {stg}.channels VALUES (%s, %s, %s, %s, %s, %s)",
+                    (s, list(c.sources), c.max_shipments_per_order, c.hold_incomplete_orders,
+                     c.backorder_exception_days, c.backorders_enabled))
+    everything = sorted(set(rules.channels) | set(stores))
+    pools = stock_pools({s: ChannelPolicy(sources=tuple(rules.channel(s).sources)) for s in everything})
+    for s in stores:
+        cur.execute(f"INSERT INTO {stg}.pools VALUES (%s, %s)", (s, pools[s]))
+
+
+def _add_unlisted_stores(cur, stg: str, rules: Rules) -> None:
+    """Orders of a store that channels.yaml does not list use the defaults (data contract); give them channel rows."""
+    cur.execute(f"""
+        SELECT store FROM {stg}.new_orders
+        UNION
+        SELECT o.store FROM oms.order_lines l JOIN oms.orders o USING (order_id) WHERE l.qty_backordered + l.qty_held > 0
+        EXCEPT SELECT store FROM {stg}.channels""")
+    unlisted = sorted(r[0] for r in cur.fetchall())
+    if unlisted:
+        log.warning("stores not listed in channels.yaml use the defaults: %s", ", ".join(unlisted))
+        _channel_rows(cur, stg, rules, unlisted)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+@dataclass
+class Check:
+    name: str
+    sql: str            # returns the violating rows
+    blocking: bool = True
+
+
+EXTRACT_CHECKS = [
+    Check("new lines have a positive whole quantity",
+          "SELECT order_id, line_id, qty_ordered FROM {stg}.new_lines WHERE qty_ordered IS NULL OR qty_ordered <= 0"),
+    Check("new line ids are unique",
+          "SELECT order_id, line_id, count(*) FROM {stg}.new_lines GROUP BY 1, 2 HAVING count(*) > 1"),
+    Check("new orders are unique and not already known",
+          "SELECT order_id FROM {stg}.new_orders GROUP BY 1 HAVING count(*) > 1 "
+          "UNION ALL SELECT n.order_id FROM {stg}.new_orders n JOIN oms.orders o USING (order_id)"),
+    Check("new orders have a store, an origin date and a customer email",
+          "SELECT order_id FROM {stg}.new_orders WHERE store IS NULL OR origin_date IS NULL OR customer_email IS NULL"),
+    Check("every new line belongs to a new order",
+          "SELECT order_id, line_id FROM {stg}.new_lines l WHERE NOT EXISTS "
+          "(SELECT 1 FROM {stg}.new_orders o WHERE o.order_id = l.order_id)"),
+    Check("stock is not negative",
+          "SELECT source_code, sku, qty_on_hand FROM {stg}.stock WHERE qty_on_hand < 0 OR qty_available < 0"),
+    Check("every consumed message is accounted for once",
+          "SELECT message_id FROM {stg}.consumed GROUP BY 1 HAVING count(*) > 1"),
+    Check("order dates are not after T", "SELECT order_id, origin_date FROM {stg}.new_orders WHERE origin_date > %(t)s",
+          blocking=False),
+]
+
+ALLOCATION_CHECKS = [
+    Check("no source is over-allocated",
+          "SELECT a.source_code, a.sku, sum(a.qty) AS allocated, max(s.qty_available) AS available "
+          "FROM {stg}.allocations a LEFT JOIN {stg}.stock s USING (source_code, sku) "
+          "GROUP BY 1, 2 HAVING sum(a.qty) > coalesce(max(s.qty_available), 0)"),
+    Check("every demand line has exactly one result",
+          "SELECT d.order_id, d.line_id, count(r.line_id) FROM {stg}.demand d LEFT JOIN {stg}.line_results r "
+          "USING (order_id, line_id) GROUP BY 1, 2 HAVING count(r.line_id) <> 1"),
+    Check("quantities of each line add up",
+          "SELECT r.order_id, r.line_id, d.qty_open, r.qty_allocated, r.qty_backordered, r.qty_held, r.qty_cancelled "
+          "FROM {stg}.line_results r JOIN {stg}.demand d USING (order_id, line_id) "
+          "WHERE d.qty_open <> r.qty_allocated + r.qty_backordered + r.qty_held + r.qty_cancelled "
+          "OR least(r.qty_allocated, r.qty_backordered, r.qty_held, r.qty_cancelled) < 0 "
+          "OR r.qty_allocated <> coalesce((SELECT sum(a.qty) FROM {stg}.allocations a "
+          "   WHERE a.order_id = r.order_id AND a.line_id = r.line_id), 0)"),
+    Check("no backorder on a line that may not wait",
+          "SELECT r.order_id, r.line_id FROM {stg}.line_results r JOIN {stg}.demand d USING (order_id, line_id) "
+          "WHERE NOT d.backorderable AND r.qty_backordered > 0"),
+    Check("allocations only from the channel's sources",
+          "SELECT a.order_id, a.line_id, a.source_code FROM {stg}.allocations a JOIN {stg}.demand d "
+          "USING (order_id, line_id) JOIN {stg}.channels c ON c.store = d.store "
+          "WHERE NOT (a.source_code = ANY (c.sources))"),
+    Check("shipments per order within the channel's limit",
+          "SELECT a.order_id, max(d.shipments_used) + count(DISTINCT a.source_code) AS shipments, max(c.max_shipments) "
+          "FROM {stg}.allocations a JOIN {stg}.demand d USING (order_id, line_id) JOIN {stg}.channels c "
+          "ON c.store = d.store WHERE c.max_shipments IS NOT NULL GROUP BY a.order_id "
+          "HAVING max(d.shipments_used) + count(DISTINCT a.source_code) > max(c.max_shipments)"),
+]
+
+
+def run_checks(url: str, t, checks: list[Check], stage: str) -> list[dict]:
+    """Run SQL checks on the staged data; record results in oms.pipeline_runs; raise CheckFailed if a blocking one fails."""
+    t = as_run_time(t)
+    stg = staging_schema(t)
+    results = []
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        for check in checks:
+            cur.execute(f"SELECT count(*) FROM ({check.sql.replace('{stg}', stg)}) v", {"t": t})
+            failing = int(cur.fetchone()[0])
+            examples = []
+            if failing:
+                cur.execute(check.sql.replace("{stg}", stg) + " LIMIT 5", {"t": t})
+                cols = [d[0] for d in cur.description]
+                examples = [{c: str(v) for c, v in zip(cols, row)} for row in cur.fetchall()]
+            results.append({"stage": stage, "check": check.name, "blocking": check.blocking,
+                            "success": failing == 0, "failing_rows": failing, "examples": examples})
+        cur.execute("UPDATE oms.pipeline_runs SET dq_results = dq_results || %s::jsonb WHERE run_at = %s",
+                    (json.dumps(results), t))
+    for r in results:
+        if not r["success"]:
+            (log.error if r["blocking"] else log.warning)(
+                "check %r failed on %d rows, e.g. %s", r["check"], r["failing_rows"], r["examples"][:3])
+    failed = [r for r in results if r["blocking"] and not r["success"]]
+    if failed:
+        raise CheckFailed("; ".join(f"{r['check']}: {r['failing_rows']} rows, e.g. {r['examples'][:2]}" for r in failed))
+    return results
+
+
+def check_extract(url: str, t) -> list[dict]:
+    return run_checks(url, t, EXTRACT_CHECKS, "extract")
+
+
+def check_allocation(url: str, t) -> list[dict]:
+    return run_checks(url, t, ALLOCATION_CHECKS, "allocate")
+
+
+# ----------------------------------------------------------------------------------------------- allocate
+def list_pools(url: str, t) -> list[str]:
+    """The stock pools that have demand in this run (one allocation task each)."""
+    t = as_run_time(t)
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT DISTINCT pool FROM {stg}.demand ORDER BY pool")
+        return [r[0] for r in cur.fetchall()]
+
+
+def prepare_allocation(url: str, t) -> None:
+    """Create the staging tables the pool allocations write to."""
+    stg = staging_schema(as_run_time(t))
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"""
+            CREATE TABLE IF NOT EXISTS {stg}.allocations (pool text, order_id text, line_id text, sku text,
+                source_code text, qty bigint);
+            CREATE TABLE IF NOT EXISTS {stg}.line_results (pool text, order_id text, line_id text, qty_allocated bigint,
+                qty_backordered bigint, qty_held bigint, qty_cancelled bigint, qty_available_seen bigint,
+                outcome text, reason text);
+        """)
+
+
+def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
+    """Allocate one stock pool: read its demand and stock from staging, run the engine, write the results back."""
+    from backorders.allocation import ChannelPolicy, allocate_pool
+
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    stg = staging_schema(t)
+    started = time.perf_counter()
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        demand = db.read_frame(conn, f"SELECT * FROM {stg}.demand WHERE pool = %(p)s", {"p": pool},
+                               dtypes={"order_id": "object", "line_id": "object", "sku": "object", "store": "object",
+                                       "pool": "object", "backorderable": "object", "is_new": "object"},
+                               parse_dates=["origin_date"])
+        demand["backorderable"] = demand["backorderable"].map({"t": True, "f": False}).astype(bool)
+        demand["is_new"] = demand["is_new"].map({"t": True, "f": False}).astype(bool)
+        stock = db.read_frame(conn, f"""
+            SELECT s.source_code, s.sku, s.qty_available FROM {stg}.stock s
+            WHERE s.source_code IN (SELECT unnest(c.sources) FROM {stg}.channels c JOIN {stg}.pools p USING (store)
+                                    WHERE p.pool = %(p)s)""", {"p": pool},
+                              dtypes={"source_code": "object", "sku": "object", "qty_available": "int64"})
+        stores = sorted(set(demand["store"]))
+        policies = {}
+        for s in stores:
+            c = rules.channel(s)
+            policies[s] = ChannelPolicy(sources=tuple(c.sources), max_shipments_per_order=c.max_shipments_per_order,
+                                        hold_incomplete_orders=c.hold_incomplete_orders,
+                                        allow_partial_lines=c.allow_partial_lines,
+                                        allow_split_lines=c.allow_split_lines)
+        result = allocate_pool(demand, stock, policies)
+        cur.execute(f"DELETE FROM {stg}.allocations WHERE pool = %(p)s; DELETE FROM {stg}.line_results WHERE pool = %(p)s",
+                    {"p": pool})
+        db.copy_frame(conn, result.allocations.assign(pool=pool), f"{stg}.allocations",
+                      ["pool", "order_id", "line_id", "sku", "source_code", "qty"])
+        db.copy_frame(conn, result.lines.assign(pool=pool), f"{stg}.line_results",
+                      ["pool", "order_id", "line_id", "qty_allocated", "qty_backordered", "qty_held", "qty_cancelled",
+                       "qty_available_seen", "outcome", "reason"])
+    lines = result.lines
+    figures = {"pool": pool, "demand_lines": len(demand), "allocations": len(result.allocations),
+               "qty_allocated": int(lines["qty_allocated"].sum()) if len(lines) else 0,
+               "seconds": round(time.perf_counter() - started, 3)}
+    log.info("allocated pool %s at %s: %s", pool, t.isoformat(), figures)
+    return figures
+
+
+# ----------------------------------------------------------------------------------------------- publish
+def publish(url: str, t) -> dict:
+    """Publish the run in one transaction: new orders and lines, shipment requests, cancellations, attempts, exceptions."""
+    t = as_run_time(t)
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(_sql("publish", stg), {"t": t})
+        cur.execute(_sql("refresh_lines", stg), {"t": t})
+        cur.execute(_sql("exceptions", stg), {"t": t})
+        figures = {
+            "shipment_requests": _counts(cur, "SELECT count(*) FROM oms.shipment_requests WHERE requested_at = %s", (t,)),
+            "exceptions_opened": _counts(cur, "SELECT count(*) FROM oms.exceptions WHERE opened_at = %s", (t,)),
+            "exceptions_closed": _counts(cur, "SELECT count(*) FROM oms.exceptions WHERE closed_at = %s", (t,)),
+        }
+    log.info("published run %s: %s", t.isoformat(), figures)
+    return figures
+
+
+# ----------------------------------------------------------------------------------------------- side effects
+def queue_notifications(url: str, t, rules: Rules | None = None) -> dict:
+    """Queue the customer emails of the run in the outbox: one backorder notice per order for lines newly backordered
+    (never twice for a line), one cancellation notice per order for quantity cancelled in this run."""
+    from backorders import notifications as nt
+
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        bo = db.read_frame(conn, """
+            SELECT l.order_id, l.line_id, l.line_number, l.sku, l.product_name, l.qty_backordered,
+                   o.customer_email, o.customer_name, o.language, o.store, o.ship_by_date,
+                   (SELECT c.restock_lead_days FROM landing.catalog_items c WHERE c.sku = l.sku
+                      AND (c.updated_at IS NULL OR c.updated_at <= %(t)s) ORDER BY c.updated_at DESC NULLS LAST LIMIT 1)
+                      AS restock_lead_days
+            FROM oms.order_lines l JOIN oms.orders o USING (order_id)
+            WHERE l.is_backorder AND l.backordered_since = %(t)s
+              AND NOT EXISTS (SELECT 1 FROM oms.notification_lines n
+                              WHERE n.kind = 'BACKORDER_NOTICE' AND n.order_id = l.order_id AND n.line_id = l.line_id)
+            ORDER BY l.order_id, l.line_number""", {"t": t},
+            dtypes={"order_id": "object", "line_id": "object", "sku": "object", "product_name": "object",
+                    "customer_email": "object", "customer_name": "object", "language": "object", "store": "object"},
+            parse_dates=["ship_by_date"])
+        cancelled = db.read_frame(conn, """
+            SELECT c.order_id, c.line_id, l.line_number, l.sku, l.product_name, c.quantity AS qty_cancelled, c.kind,
+                   c.reason, o.customer_email, o.customer_name, o.language, o.store, o.ship_by_date
+            FROM oms.line_cancellations c JOIN oms.order_lines l USING (order_id, line_id) JOIN oms.orders o USING (order_id)
+            WHERE c.run_at = %(t)s ORDER BY c.order_id, l.line_number""", {"t": t},
+            dtypes={"order_id": "object", "line_id": "object", "sku": "object", "product_name": "object",
+                    "customer_email": "object", "customer_name": "object", "language": "object", "store": "object",
+                    "reason": "object", "kind": "object"},
+            parse_dates=["ship_by_date"])
+        rows, links = [], []
+        for kind, frame in (("BACKORDER_NOTICE", bo), ("CANCELLATION_NOTICE", cancelled)):
+            for order_id, g in frame.groupby("order_id", sort=True):
+                first = g.iloc[0]
+                lines = []
+                for rec in g.to_dict("records"):
+                    rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
+                    rec["expected_by"] = nt.expected_by(t, rec.get("restock_lead_days"))
+                    rec["reason_text"] = "not in stock and not available on backorder" \
+                        if rec.get("kind") == "NOT_BACKORDERABLE" else (rec.get("reason") or "cancelled")
+                    lines.append(rec)
+                store = first["store"]
+                order = {"order_id": order_id, "customer_name": _none(first["customer_name"]),
+                         "ftc_rule": rules.channel(store).ftc_rule,
+                         "ship_by": first["ship_by_date"].date().isoformat() if pd.notna(first["ship_by_date"]) else None}
+                mail = nt.render(kind, _none(first["language"]), {"order": order, "lines": lines})
+                key = nt.idempotency_key(kind, order_id, t)
+                nid = nt.notification_id(key)
+                rows.append((nid, key, order_id, kind, first["customer_email"], mail["subject"], mail["txt"],
+                             mail["html"], _none(first["language"]), t))
+                links.extend((nid, kind, order_id, lid) for lid in g["line_id"])
+        if rows:
+            from psycopg2.extras import execute_values
+
+            execute_values(cur, """
+                INSERT INTO oms.notifications (notification_id, idempotency_key, order_id, kind, recipient, subject,
+                    body, body_html, language, created_at) VALUES %s ON CONFLICT (idempotency_key) DO NOTHING""",
+                rows, page_size=1000)
+            execute_values(cur, "INSERT INTO oms.notification_lines VALUES %s ON CONFLICT DO NOTHING",
+                           links, page_size=5000)
+    figures = {"emails_queued": len(rows),
+               "backorder_notices": int(bo["order_id"].nunique()) if len(bo) else 0,
+               "cancellation_notices": int(cancelled["order_id"].nunique()) if len(cancelled) else 0}
+    log.info("queued notifications at %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def _none(v):
+    return None if v is None or (isinstance(v, float) and v != v) or v is pd.NA else v
+
+
+# ----------------------------------------------------------------------------------------------- report
+SUMMARY_FIELDS = ["messages_in", "orders_created", "lines_created", "messages_quarantined", "messages_duplicate",
+                  "demand_lines", "lines_allocated", "lines_backordered", "lines_held", "lines_cancelled",
+                  "qty_allocated", "shipment_requests", "shipments_confirmed", "emails_queued", "exceptions_opened",
+                  "exceptions_closed"]
+
+
+def finish_run(url: str, t, stage_figures: dict | None = None, keep_staging: bool = False) -> dict:
+    """Record the run's figures in oms.pipeline_runs, mark it SUCCESS, drop its staging schema; return the summary."""
+    t = as_run_time(t)
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"""
+            SELECT
+              (SELECT count(*) FROM {stg}.consumed),
+              (SELECT count(*) FROM {stg}.new_orders),
+              (SELECT count(*) FROM {stg}.new_lines),
+              (SELECT count(*) FROM {stg}.quarantine),
+              (SELECT count(*) FROM {stg}.consumed WHERE outcome = 'DUPLICATE'),
+              (SELECT count(*) FROM {stg}.demand),
+              (SELECT count(*) FROM {stg}.line_results WHERE qty_allocated > 0),
+              (SELECT count(*) FROM {stg}.line_results WHERE qty_backordered > 0),
+              (SELECT count(*) FROM {stg}.line_results WHERE qty_held > 0),
+              (SELECT count(*) FROM {stg}.line_results WHERE qty_cancelled > 0),
+              (SELECT coalesce(sum(qty_allocated), 0) FROM {stg}.line_results),
+              (SELECT count(*) FROM oms.shipment_requests WHERE requested_at = %(t)s),
+              (SELECT count(*) FROM {stg}.confirmations),
+              (SELECT count(*) FROM oms.notifications WHERE created_at = %(t)s),
+              (SELECT count(*) FROM oms.exceptions WHERE opened_at = %(t)s),
+              (SELECT count(*) FROM oms.exceptions WHERE closed_at = %(t)s)
+        """, {"t": t})
+        summary = dict(zip(SUMMARY_FIELDS, (int(v) for v in cur.fetchone())))
+        sets = ", ".join(f"{k} = %({k})s" for k in SUMMARY_FIELDS)
+        cur.execute(f"UPDATE oms.pipeline_runs SET {sets}, stage_counts = %(stages)s::jsonb, status = 'SUCCESS', "
+                    f"finished_at = clock_timestamp(), error = NULL WHERE run_at = %(t)s",
+                    {**summary, "stages": json.dumps(stage_figures or {}, sort_keys=True), "t": t})
+        if not keep_staging:
+            cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE")
+    summary["run_at"] = t.isoformat()
+    return summary
+
+
+def fail_run(url: str, t, error: str) -> None:
+    """Mark the run FAILED with the error; nothing of it was published (publish is one transaction)."""
+    t = as_run_time(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE oms.pipeline_runs SET status = 'FAILED', finished_at = clock_timestamp(), error = %s "
+                    "WHERE run_at = %s AND status = 'RUNNING'", (error[:4000], t))
+
+
+def format_summary(s: dict) -> str:
+    """One readable line per run for the terminal."""
+    return (f"{s['run_at']}: {s['messages_in']} messages ({s['orders_created']} orders, {s['messages_quarantined']} "
+            f"quarantined, {s['messages_duplicate']} duplicate) | {s['demand_lines']} lines in demand: "
+            f"{s['lines_allocated']} allocated, {s['lines_backordered']} backordered, {s['lines_held']} held, "
+            f"{s['lines_cancelled']} cancelled | {s['shipment_requests']} shipment requests, "
+            f"{s['shipments_confirmed']} confirmed | {s['emails_queued']} emails queued | "
+            f"{s['exceptions_opened']} exceptions opened, {s['exceptions_closed']} closed")
+
+
+# ----------------------------------------------------------------------------------------------- whole cycle
+def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | None = None,
+              allow_rewind_later: bool = False) -> dict:
+    """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it)."""
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kw):
+        started = time.perf_counter()
+        out = fn(*args, **kw)
+        timings[name] = round(time.perf_counter() - started, 3)
+        return out
+
+    timed("begin", begin_run, url, t, airflow_run_id, rules, allow_rewind_later)
+    try:
+        timed("extract_orders", extract_orders, url, t, rules)
+        timed("extract_stock", extract_stock, url, t, rules)
+        timed("check_extract", check_extract, url, t)
+        timed("prepare_allocation", prepare_allocation, url, t)
+        for pool in list_pools(url, t):
+            timed(f"allocate[{pool}]", allocate, url, t, pool, rules)
+        timed("check_allocation", check_allocation, url, t)
+        timed("publish", publish, url, t)
+        timed("queue_notifications", queue_notifications, url, t, rules)
+        return timed("finish", finish_run, url, t, {"seconds": timings}) | {"seconds": timings}
+    except Exception as exc:
+        fail_run(url, t, f"{type(exc).__name__}: {exc}")
+        raise

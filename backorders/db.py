@@ -1,0 +1,119 @@
+"""Connections to the business database, and bulk moves of frames in and out with COPY."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+from urllib.parse import quote, unquote, urlsplit, parse_qs
+
+import psycopg2
+import psycopg2.extensions
+
+from backorders.settings import CONN_ENV
+
+
+class DatabaseNotConfigured(RuntimeError):
+    """No backorders_db connection is configured."""
+
+
+def url_from_airflow_conn(value: str) -> str:
+    """Turn an AIRFLOW_CONN_* value (URI or JSON) into a libpq/SQLAlchemy postgresql:// URL."""
+    value = value.strip()
+    if value.startswith("{"):
+        c = json.loads(value)
+        host = c.get("host") or ""
+        login = c.get("login") or ""
+        password = c.get("password") or ""
+        port = c.get("port")
+        schema = c.get("schema") or "postgres"
+        auth = quote(login, safe="") + (":" + quote(password, safe="") if password else "")
+        if host.startswith("/"):
+            return f"postgresql://{auth}@/{schema}?host={quote(host)}" + (f"&port={port}" if port else "")
+        return f"postgresql://{auth}@{host}{':' + str(port) if port else ''}/{schema}"
+    parts = urlsplit(value)
+    scheme = "postgresql"
+    if parts.scheme not in ("postgres", "postgresql", "postgresql+psycopg2"):
+        raise DatabaseNotConfigured(f"{CONN_ENV}: expected a postgres:// connection, got scheme {parts.scheme!r}")
+    netloc = parts.netloc
+    host = parts.hostname or ""
+    if host.startswith("%2f") or host.startswith("/"):
+        # Airflow-style URI with the socket directory url-encoded as the host
+        auth = netloc.rsplit("@", 1)[0] if "@" in netloc else ""
+        q = f"host={quote(unquote(host))}"
+        return f"{scheme}://{auth}@{parts.path or '/postgres'}?{q}"
+    return f"{scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+
+def database_url() -> str:
+    """URL of the business database: BACKORDERS_DB_URL, else the Airflow connection backorders_db from the environment."""
+    if os.environ.get("BACKORDERS_DB_URL"):
+        return os.environ["BACKORDERS_DB_URL"]
+    if os.environ.get(CONN_ENV):
+        return url_from_airflow_conn(os.environ[CONN_ENV])
+    raise DatabaseNotConfigured(
+        f"no business database configured: set {CONN_ENV} (or BACKORDERS_DB_URL), "
+        "or run `./dev.sh db start` to start the embedded PostgreSQL"
+    )
+
+
+def connect(url: str | None = None) -> psycopg2.extensions.connection:
+    """A psycopg2 connection (autocommit off) to the business database."""
+    conn = psycopg2.connect(url or database_url())
+    conn.autocommit = False
+    return conn
+
+
+@contextmanager
+def transaction(url: str | None = None) -> Iterator[psycopg2.extensions.connection]:
+    """A connection whose work is committed on success and rolled back on error."""
+    conn = connect(url)
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def read_frame(conn, sql: str, params: dict | Sequence | None = None, dtypes: dict | None = None,
+               parse_dates: Sequence[str] = ()):
+    """Run a SELECT and return it as a pandas frame, moved with COPY ... TO STDOUT (fast at millions of rows)."""
+    import pandas as pd
+
+    with conn.cursor() as cur:
+        query = cur.mogrify(sql, params).decode() if params is not None else sql
+        buf = io.StringIO()
+        cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", buf)
+    buf.seek(0)
+    frame = pd.read_csv(buf, dtype=dtypes or None, keep_default_na=False, na_values=[""])
+    for col in parse_dates:
+        frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
+    return frame
+
+
+def copy_frame(conn, frame, table: str, columns: Sequence[str] | None = None) -> int:
+    """Append a frame to a table with COPY ... FROM STDIN; returns the row count. Table and column names are ours, not input."""
+    columns = list(columns or frame.columns)
+    if len(frame) == 0:
+        return 0
+    buf = io.StringIO()
+    frame[columns].to_csv(buf, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+    buf.seek(0)
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with conn.cursor() as cur:
+        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
+    return len(frame)
+
+
+def url_from_parts(host: str | None, port: int | None, login: str | None, password: str | None,
+                   database: str | None) -> str:
+    """A postgresql:// URL from connection fields (an Airflow Connection's host, port, login, password, schema)."""
+    auth = quote(login or "", safe="") + (":" + quote(password, safe="") if password else "")
+    database = database or "postgres"
+    if host and host.startswith("/"):
+        return f"postgresql://{auth}@/{database}?host={quote(host)}" + (f"&port={port}" if port else "")
+    return f"postgresql://{auth}@{host or 'localhost'}{':' + str(port) if port else ''}/{database}"

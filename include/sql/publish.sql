@@ -1,0 +1,46 @@
+-- Publish run T from its staging schema {stg} (called inside one transaction together with refresh_lines and exceptions).
+INSERT INTO oms.orders SELECT * FROM {stg}.new_orders;
+INSERT INTO oms.order_lines SELECT * FROM {stg}.new_lines;
+INSERT INTO oms.quarantine SELECT * FROM {stg}.quarantine;
+INSERT INTO oms.consumed_messages SELECT * FROM {stg}.consumed;
+
+-- shipments handed to the carrier
+UPDATE oms.shipment_requests r
+SET status = 'SHIPPED', shipped_at = c.shipped_at, shipped_run_at = %(t)s
+FROM {stg}.confirmations c
+WHERE r.shipment_request_id = c.shipment_request_id;
+
+-- one new shipment request per order and source, numbered after the order's earlier ones in source priority order
+CREATE TABLE {stg}.new_shipments AS
+SELECT a.order_id, a.source_code,
+       d.shipments_used + dense_rank() OVER (PARTITION BY a.order_id
+                                            ORDER BY array_position(c.sources, a.source_code), a.source_code)
+           AS shipment_number
+FROM (SELECT DISTINCT order_id, source_code FROM {stg}.allocations) a
+JOIN (SELECT DISTINCT order_id, store, shipments_used FROM {stg}.demand) d USING (order_id)
+JOIN {stg}.channels c ON c.store = d.store;
+
+INSERT INTO oms.shipment_requests (shipment_request_id, order_id, source_code, shipment_number, requested_at, status)
+SELECT 'SR-' || order_id || '-' || shipment_number, order_id, source_code, shipment_number, %(t)s, 'REQUESTED'
+FROM {stg}.new_shipments;
+
+INSERT INTO oms.shipment_request_lines (shipment_request_id, order_id, line_id, sku, quantity)
+SELECT 'SR-' || s.order_id || '-' || s.shipment_number, a.order_id, a.line_id, a.sku, a.qty
+FROM {stg}.allocations a JOIN {stg}.new_shipments s USING (order_id, source_code);
+
+INSERT INTO oms.line_cancellations (order_id, line_id, run_at, quantity, kind, reason)
+SELECT order_id, line_id, %(t)s, qty_cancelled, 'NOT_BACKORDERABLE', coalesce(nullif(reason, ''), 'not backorderable')
+FROM {stg}.line_results WHERE qty_cancelled > 0;
+
+-- the attempts log: every line that waited before this run, and every new line not allocated in full at once
+INSERT INTO oms.backorder_attempts (order_id, line_id, checked_at, qty_needed, qty_available, qty_allocated,
+                                    qty_backordered, qty_held, qty_cancelled, outcome, reason)
+SELECT r.order_id, r.line_id, %(t)s, d.qty_open, r.qty_available_seen, r.qty_allocated, r.qty_backordered,
+       r.qty_held, r.qty_cancelled, r.outcome, nullif(r.reason, '')
+FROM {stg}.line_results r JOIN {stg}.demand d USING (order_id, line_id)
+WHERE NOT (d.is_new AND r.qty_allocated = d.qty_open);
+
+CREATE TABLE {stg}.touched AS
+SELECT order_id, line_id FROM {stg}.demand
+UNION
+SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN {stg}.confirmations c USING (shipment_request_id);

@@ -1,0 +1,26 @@
+-- Undo every effect of the runs at or after %(t)s, so that a re-run of T starts from the state the run before it left.
+-- Event tables are tagged with the run time that wrote them; lines and orders are then recomputed from the events.
+CREATE TEMP TABLE rewind_touched ON COMMIT DROP AS
+SELECT order_id, line_id FROM oms.backorder_attempts WHERE checked_at >= %(t)s
+UNION SELECT order_id, line_id FROM oms.line_cancellations WHERE run_at >= %(t)s
+UNION SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN oms.shipment_requests r USING (shipment_request_id)
+      WHERE r.requested_at >= %(t)s OR r.shipped_run_at >= %(t)s;
+
+DELETE FROM oms.notifications WHERE created_at >= %(t)s;
+DELETE FROM oms.payment_requests WHERE created_at >= %(t)s;
+DELETE FROM oms.delay_notices WHERE sent_at >= %(t)s;
+UPDATE oms.delay_notices SET consent = 'NONE', decided_at = NULL WHERE decided_at >= %(t)s;
+DELETE FROM oms.exceptions WHERE opened_at >= %(t)s;
+UPDATE oms.exceptions SET closed_at = NULL WHERE closed_at >= %(t)s;
+DELETE FROM oms.backorder_attempts WHERE checked_at >= %(t)s;
+DELETE FROM oms.line_cancellations WHERE run_at >= %(t)s;
+DELETE FROM oms.shipment_request_lines WHERE shipment_request_id IN
+    (SELECT shipment_request_id FROM oms.shipment_requests WHERE requested_at >= %(t)s);
+DELETE FROM oms.shipment_requests WHERE requested_at >= %(t)s;
+UPDATE oms.shipment_requests SET status = 'REQUESTED', shipped_at = NULL, shipped_run_at = NULL
+    WHERE shipped_run_at >= %(t)s;
+DELETE FROM oms.quarantine WHERE run_at >= %(t)s;
+DELETE FROM oms.consumed_messages WHERE run_at >= %(t)s;
+DELETE FROM oms.order_lines WHERE created_run_at >= %(t)s;
+DELETE FROM oms.orders WHERE created_run_at >= %(t)s;
+DELETE FROM oms.pipeline_runs WHERE run_at >= %(t)s;
