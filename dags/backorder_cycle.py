@@ -31,6 +31,8 @@ Runs are serialized (`max_active_runs=1`). Re-running the latest T gives identic
 alone is refused: clear it together with every later run.
 """
 
+STAGE_TASKS = ["extract.extract_orders", "extract.extract_stock", "load.publish", "side_effects.queue_notifications"]
+
 _schedule = load_schedule()
 _crons = cron_expressions(_schedule)
 
@@ -109,11 +111,7 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        opened = open_run()
-        orders = extract_orders()
-        stock = extract_stock()
-        opened >> orders >> stock
-        return {"orders": orders, "stock": stock}
+        open_run() >> extract_orders() >> extract_stock()
 
     @task
     def check_extract() -> list:
@@ -136,7 +134,7 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time(), pool)
 
-        return allocate_pool.expand(pool=list_pools())
+        allocate_pool.expand(pool=list_pools())
 
     @task
     def check_allocation() -> list:
@@ -152,7 +150,7 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        return publish()
+        publish()
 
     @task_group(tooltip="Outboxes: customer emails")
     def side_effects():
@@ -162,28 +160,23 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        return queue_notifications()
+        queue_notifications()
 
     @task_group(tooltip="Figures of the run in oms.pipeline_runs")
-    def report(figures: dict):
+    def report():
         @task
-        def finish_run(figures: dict) -> dict:
+        def finish_run() -> dict:
             from backorders.cycle import finish_run as stage, format_summary
 
+            ti = get_current_context()["ti"]
+            figures = {t: ti.xcom_pull(task_ids=t) for t in STAGE_TASKS}
             summary = stage(_db_url(), _run_time(), figures)
             print(format_summary(summary))
             return summary
 
-        return finish_run(figures)
+        finish_run()
 
-    extracted = extract()
-    checked = check_extract()
-    allocated = allocate()
-    alloc_checked = check_allocation()
-    loaded = load()
-    effects = side_effects()
-    extracted["stock"] >> checked >> allocated >> alloc_checked >> loaded >> effects
-    report({"extract": extracted, "publish": loaded, "side_effects": effects})
+    extract() >> check_extract() >> allocate() >> check_allocation() >> load() >> side_effects() >> report()
 
 
 backorder_cycle()
