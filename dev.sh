@@ -39,7 +39,7 @@ airflow_env() {
   export AIRFLOW__CORE__LOAD_EXAMPLES=False
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$ROOT/.pgruntime}"
-  mkdir -p "$AIRFLOW_HOME" "$XDG_RUNTIME_DIR"
+  mkdir -p "$AIRFLOW_HOME"; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 }
 
 py() { "$VENV/bin/python" "$@"; }

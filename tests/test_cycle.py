@@ -1,0 +1,232 @@
+"""The cycle's stages against a real PostgreSQL, without Airflow: extraction, eligibility, FIFO over runs, replays."""
+from __future__ import annotations
+
+import pytest
+
+from backorders import cycle
+from tests.conftest import order_message, snapshot_oms, table_rows
+
+T1 = "2026-03-02T06:00:00Z"
+T2 = "2026-03-02T14:00:00Z"
+T3 = "2026-03-02T22:00:00Z"
+
+
+def lines(url):
+    return {r[0]: r[1:] for r in table_rows(url, """
+        SELECT line_id, qty_allocated, qty_backordered, qty_held, qty_cancelled, qty_shipped, status, is_backorder,
+               backorder_decided_by FROM oms.order_lines ORDER BY line_id""")}
+
+
+def test_samples_end_to_end(landing, migrated_url):
+    url = migrated_url
+    samples = "tests/fixtures/messages/"
+    landing.message(open(samples + "order-create-backorder-line.json").read(), "2026-03-02T10:00:00Z")
+    landing.message(open(samples + "order-create-no-backorder.json").read(), "2026-03-02T10:40:00Z")
+    landing.stock([("WH_PDX", "TENT-2P-GRN", 0), ("WH_PDX", "STAKE-AL-8", 40), ("WH_NJ", "TENT-2P-GRN", 0),
+                   ("WH_NJ", "STAKE-AL-8", 12), ("WH_KOELN", "MUG-ENAMEL-BLU", 1)], "2026-03-02T06:00:00Z")
+    s = cycle.run_cycle(url, T2)
+    assert (s["orders_created"], s["lines_created"], s["messages_quarantined"]) == (2, 3, 0)
+    got = lines(url)
+    # tent: allowBackorders=true by the line attribute, no stock anywhere -> backorder
+    assert got["000100231-1"] == (0, 1, 0, 0, 0, "BACKORDERED", True, "line_attribute")
+    # stakes: no attribute, no catalog flag -> the channel decides; 40 at WH_PDX, the first source
+    assert got["000100231-2"] == (2, 0, 0, 0, 0, "ALLOCATED", False, "channel")
+    # mug: allowBackorders=false, 1 of 3 in stock: 1 allocated, 2 cancelled
+    assert got["EU-0004471-1"] == (1, 0, 0, 2, 0, "ALLOCATED", False, "line_attribute")
+    assert table_rows(url, "SELECT shipment_request_id, source_code FROM oms.shipment_requests ORDER BY 1") == [
+        ("SR-000100231-1", "WH_PDX"), ("SR-EU-0004471-1", "WH_KOELN")]
+    assert table_rows(url, "SELECT kind, recipient FROM oms.notifications ORDER BY kind") == [
+        ("BACKORDER_NOTICE", "dana.reyes@example.com"), ("CANCELLATION_NOTICE", "jonas.becker@example.org")]
+    assert table_rows(url, "SELECT order_id, status FROM oms.orders ORDER BY 1") == [
+        ("000100231", "BACKORDERED"), ("EU-0004471", "ALLOCATED")]
+    assert table_rows(url, "SELECT line_id, outcome, qty_needed, qty_available FROM oms.backorder_attempts "
+                           "ORDER BY 1") == [("000100231-1", "NO_STOCK", 1, 0),
+                                             ("EU-0004471-1", "CANCELLED_NOT_BACKORDERABLE", 3, 1)]
+
+
+def test_only_input_received_up_to_t_is_used(landing, migrated_url):
+    landing.message(order_message("A1", lines=[("SKU-A", 1, None)]), "2026-03-02T05:00:00Z")
+    landing.message(order_message("A2", lines=[("SKU-A", 1, None)]), "2026-03-02T07:00:00Z")
+    landing.stock([("WH_PDX", "SKU-A", 5)], "2026-03-02T05:00:00Z")
+    landing.stock([("WH_PDX", "SKU-A", 0)], "2026-03-02T06:30:00Z")   # arrives after T1: not seen by T1
+    s = cycle.run_cycle(migrated_url, T1)
+    assert s["orders_created"] == 1
+    assert lines(migrated_url)["A1-1"][0] == 1
+    s = cycle.run_cycle(migrated_url, T2)
+    assert s["orders_created"] == 1
+    # at T2 the latest feed says 0 on hand: A2 waits
+    assert lines(migrated_url)["A2-1"][:2] == (0, 1)
+
+
+def test_restock_goes_to_the_oldest_backorder_first(landing, migrated_url):
+    url = migrated_url
+    landing.message(order_message("OLD", origin="2026-03-01T09:00:00+00:00", lines=[("SKU-R", 2, None)]),
+                    "2026-03-01T09:00:00Z")
+    landing.stock([("WH_PDX", "SKU-R", 0)], "2026-03-01T00:00:00Z")
+    cycle.run_cycle(url, T1)
+    assert lines(url)["OLD-1"][:2] == (0, 2)
+    # a newer order arrives in the same window as a restock of 2: the older backorder gets it
+    landing.message(order_message("NEW", origin="2026-03-02T10:00:00+00:00", lines=[("SKU-R", 2, None)]),
+                    "2026-03-02T10:00:00Z")
+    landing.stock([("WH_PDX", "SKU-R", 2)], "2026-03-02T12:00:00Z")
+    cycle.run_cycle(url, T2)
+    got = lines(url)
+    assert got["OLD-1"][:2] == (2, 0) and got["OLD-1"][5] == "ALLOCATED"
+    assert got["NEW-1"][:2] == (0, 2)
+    attempts = table_rows(url, "SELECT line_id, checked_at::text, outcome FROM oms.backorder_attempts "
+                               "WHERE line_id = 'OLD-1' ORDER BY checked_at")
+    assert [a[2] for a in attempts] == ["NO_STOCK", "ALLOCATED"]
+    # the backorder label stays from the first run that could not allocate it until it is allocated
+    assert table_rows(url, "SELECT is_backorder, backordered_since IS NULL FROM oms.order_lines "
+                           "WHERE line_id = 'OLD-1'") == [(False, True)]
+    assert table_rows(url, "SELECT backordered_since = %s::timestamptz FROM oms.order_lines "
+                           "WHERE line_id = 'NEW-1'".replace("%s", f"'{T2}'")) == [(True,)]
+
+
+def test_backorder_email_is_sent_once_per_line(landing, migrated_url):
+    url = migrated_url
+    landing.message(order_message("E1", lines=[("SKU-E", 1, None), ("SKU-F", 1, None)]), "2026-03-02T05:00:00Z")
+    cycle.run_cycle(url, T1)
+    cycle.run_cycle(url, T2)
+    cycle.run_cycle(url, T3)
+    notes = table_rows(url, "SELECT kind, order_id, subject FROM oms.notifications")
+    assert notes == [("BACKORDER_NOTICE", "E1", "2 items of your order E1 are on backorder")]
+    assert table_rows(url, "SELECT count(*) FROM oms.backorder_attempts") == [(6,)]
+
+
+def test_catalog_flag_decides_when_the_line_says_nothing(landing, migrated_url):
+    url = migrated_url
+    landing.catalog([("SKU-NO", False, None), ("SKU-YES", True, 5)])
+    landing.message(order_message("EU1", store="EU_WEB", lines=[("SKU-NO", 1, None), ("SKU-YES", 1, None),
+                                                                ("SKU-CH", 1, None), ("SKU-NO", 1, True)]),
+                    "2026-03-02T05:00:00Z")
+    cycle.run_cycle(url, T1)
+    got = lines(url)
+    assert got["EU1-1"][3:] == (1, 0, "CANCELLED", False, "catalog")
+    assert got["EU1-2"][1:] == (1, 0, 0, 0, "BACKORDERED", True, "catalog")
+    assert got["EU1-3"][3:] == (1, 0, "CANCELLED", False, "channel")        # EU_WEB: backorders disabled
+    assert got["EU1-4"][1:] == (1, 0, 0, 0, "BACKORDERED", True, "line_attribute")
+
+
+def test_bad_duplicate_and_conflicting_messages(landing, migrated_url):
+    url = migrated_url
+    good = order_message("D1", lines=[("SKU-D", 1, None)])
+    landing.message(good, "2026-03-02T01:00:00Z")
+    landing.message(good, "2026-03-02T01:01:00Z")                                   # exact repeat
+    landing.message(order_message("D1", lines=[("SKU-D", 9, None)]), "2026-03-02T01:02:00Z")  # same id, other content
+    landing.message("{not json", "2026-03-02T01:03:00Z")
+    landing.message(order_message("D2", lines=[("SKU-D", 0, None)]), "2026-03-02T01:04:00Z")  # zero quantity
+    s = cycle.run_cycle(url, T1)
+    assert (s["messages_in"], s["orders_created"], s["messages_duplicate"], s["messages_quarantined"]) == (5, 1, 1, 3)
+    reasons = [r[0] for r in table_rows(url, "SELECT reason FROM oms.quarantine ORDER BY source_ref::int")]
+    assert reasons[0].startswith("conflict: order D1 was already received in message 1")
+    assert reasons[1].startswith("invalid JSON")
+    assert "lines[0].quantity" in reasons[2]
+    assert table_rows(url, "SELECT count(*) FROM oms.exceptions WHERE kind = 'REJECTED_MESSAGE'") == [(3,)]
+    # nothing lost: every message consumed once, in exactly one way
+    assert table_rows(url, "SELECT outcome, count(*) FROM oms.consumed_messages GROUP BY 1 ORDER BY 1") == [
+        ("DUPLICATE", 1), ("PROCESSED", 1), ("QUARANTINED", 3)]
+    # a later run consumes nothing again; a repeat arriving later is a duplicate of the known order
+    landing.message(good, "2026-03-02T08:00:00Z")
+    s = cycle.run_cycle(url, T2)
+    assert (s["messages_in"], s["messages_duplicate"], s["orders_created"]) == (1, 1, 0)
+
+
+def test_unlisted_store_uses_the_defaults(landing, migrated_url):
+    landing.message(order_message("X1", store="MARS_WEB", lines=[("SKU-X", 1, None)]), "2026-03-02T01:00:00Z")
+    s = cycle.run_cycle(migrated_url, T1)
+    assert s["orders_created"] == 1
+    # defaults: backorders enabled, no sources -> a backorder with the reason saying there is no source
+    got = lines(migrated_url)["X1-1"]
+    assert got[1] == 1 and got[7] == "channel"
+
+
+def test_shipment_confirmation_ships_the_lines(landing, migrated_url):
+    url = migrated_url
+    landing.message(order_message("S1", lines=[("SKU-S", 3, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-S", 3)], "2026-03-02T00:00:00Z")
+    cycle.run_cycle(url, T1)
+    assert lines(url)["S1-1"][0] == 3
+    landing.confirm("SR-S1-1", "2026-03-02T10:00:00Z")
+    s = cycle.run_cycle(url, T2)
+    assert s["shipments_confirmed"] == 1
+    assert lines(url)["S1-1"][:6] == (0, 0, 0, 0, 3, "SHIPPED")
+    assert table_rows(url, "SELECT status FROM oms.shipment_requests") == [("SHIPPED",)]
+    # shipped stock is no longer committed: the next feed is what counts
+    landing.message(order_message("S2", lines=[("SKU-S", 1, None)]), "2026-03-02T15:00:00Z")
+    landing.stock([("WH_PDX", "SKU-S", 1)], "2026-03-02T15:00:00Z")
+    cycle.run_cycle(url, T3)
+    assert lines(url)["S2-1"][0] == 1
+
+
+def test_committed_stock_is_not_allocated_twice(landing, migrated_url):
+    url = migrated_url
+    landing.message(order_message("C1", lines=[("SKU-C", 2, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-C", 3)], "2026-03-02T00:00:00Z")
+    cycle.run_cycle(url, T1)
+    landing.message(order_message("C2", lines=[("SKU-C", 2, None)]), "2026-03-02T08:00:00Z")
+    cycle.run_cycle(url, T2)       # on hand still 3, 2 of them committed to C1 and not shipped
+    assert lines(url)["C2-1"][:2] == (1, 1)
+
+
+def test_rerun_of_the_latest_t_gives_identical_tables(landing, migrated_url):
+    url = migrated_url
+    landing.message(order_message("R1", lines=[("SKU-1", 2, None), ("SKU-2", 1, False)]), "2026-03-02T01:00:00Z")
+    landing.message(order_message("R2", lines=[("SKU-1", 3, None)]), "2026-03-02T09:00:00Z")
+    landing.message("garbage", "2026-03-02T09:30:00Z")
+    landing.stock([("WH_PDX", "SKU-1", 1), ("WH_NJ", "SKU-1", 1)], "2026-03-02T00:00:00Z")
+    landing.stock([("WH_DAL", "SKU-1", 3)], "2026-03-02T12:00:00Z")
+    cycle.run_cycle(url, T1)
+    cycle.run_cycle(url, T2)
+    landing.confirm("SR-R1-1", "2026-03-02T20:00:00Z")
+    cycle.run_cycle(url, T3)
+    before = snapshot_oms(url)
+    cycle.run_cycle(url, T3)
+    cycle.run_cycle(url, T3)
+    assert snapshot_oms(url) == before
+
+
+def test_clearing_a_run_and_the_later_ones_replays_the_same_tables(landing, migrated_url):
+    url = migrated_url
+    landing.message(order_message("P1", lines=[("SKU-1", 2, None)]), "2026-03-02T01:00:00Z")
+    landing.message(order_message("P2", lines=[("SKU-1", 2, None)]), "2026-03-02T09:00:00Z")
+    landing.stock([("WH_PDX", "SKU-1", 1)], "2026-03-02T00:00:00Z")
+    landing.stock([("WH_PDX", "SKU-1", 4)], "2026-03-02T20:00:00Z")
+    for t in (T1, T2, T3):
+        cycle.run_cycle(url, t)
+    final = snapshot_oms(url)
+    with pytest.raises(cycle.RunRefused, match="later run"):
+        cycle.run_cycle(url, T2)
+    assert snapshot_oms(url) == final          # the refusal changed nothing
+    cycle.run_cycle(url, T2, allow_rewind_later=True)
+    cycle.run_cycle(url, T3)
+    assert snapshot_oms(url) == final
+
+
+def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
+    url = migrated_url
+    landing.message(order_message("F1", lines=[("SKU-F", 1, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-F", 1)], "2026-03-02T00:00:00Z")
+    broken = cycle.Check("always fails", "SELECT 1 AS x")
+    monkeypatch.setattr(cycle, "ALLOCATION_CHECKS", cycle.ALLOCATION_CHECKS + [broken])
+    with pytest.raises(cycle.CheckFailed, match="always fails: 1 rows"):
+        cycle.run_cycle(url, T1)
+    assert table_rows(url, "SELECT count(*) FROM oms.orders") == [(0,)]
+    assert table_rows(url, "SELECT count(*) FROM oms.consumed_messages") == [(0,)]
+    status, error, dq = table_rows(url, "SELECT status, error, dq_results::text FROM oms.pipeline_runs")[0]
+    assert status == "FAILED" and "always fails" in error and '"failing_rows": 1' in dq
+    # after the fault is gone the same T runs and publishes
+    monkeypatch.setattr(cycle, "ALLOCATION_CHECKS", [c for c in cycle.ALLOCATION_CHECKS if c is not broken])
+    s = cycle.run_cycle(url, T1)
+    assert s["orders_created"] == 1 and s["lines_allocated"] == 1
+
+
+def test_run_time_resolution():
+    from datetime import datetime, timezone
+
+    assert cycle.resolve_run_time(None, datetime(2026, 3, 2, 7, 1, tzinfo=timezone.utc)).hour == 7
+    assert cycle.resolve_run_time("2026-03-02T06:00:00+01:00", None).hour == 5
+    with pytest.raises(ValueError, match="time zone"):
+        cycle.as_run_time("2026-03-02T06:00:00")
+    with pytest.raises(ValueError):
+        cycle.resolve_run_time(None, None)
