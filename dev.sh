@@ -33,6 +33,7 @@ ensure_venv() {
 }
 
 airflow_env() {
+  export PATH="$VENV/bin:$PATH"
   export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/.airflow}"
   export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
   export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
