@@ -73,7 +73,7 @@ def allocs(result, line_id) -> dict[str, int]:
     return {str(s): int(q) for s, q in zip(a.source_code, a.qty)}
 
 
-def check_invariants(d, s, r, policies=None):
+def check_invariants(d, s, r):
     """Per line conservation and per (source, sku) stock never exceeded."""
     m = d.merge(r.lines, on=["order_id", "line_id"], validate="one_to_one")
     total = m.qty_allocated + m.qty_backordered + m.qty_held + m.qty_cancelled
@@ -379,7 +379,7 @@ def test_max_shipments_all_used_holds_everything():
     r = allocate_pool(demand(L("O", "A", 2, used=1)), stock(W1={"A": 9}), pol)
     ln = line(r, "O-1")
     assert (ln["qty_allocated"], ln["qty_held"], ln["outcome"]) == (0, 2, "HELD_MAX_SHIPMENTS")
-    assert ln["reason"] == "held: order limited to 1 shipments, 1 used"
+    assert ln["reason"] == "held: order limited to 1 shipment, 1 used"
 
 
 def test_max_one_shipment_and_not_backorderable_line():
@@ -446,6 +446,10 @@ def test_ship_complete_and_max_shipments_stricter_wins():
     r = allocate_pool(d, s, pol)
     assert r.allocations.empty
     assert (r.lines.outcome == "HELD_MAX_SHIPMENTS").all()
+    # the same with a newer order competing for A (decided in the order loop)
+    r = allocate_pool(pd.concat([d, demand(L("P", "A", 1, day=9))]), s, pol)
+    assert line(r, "O-1")["outcome"] == line(r, "O-2")["outcome"] == "HELD_MAX_SHIPMENTS"
+    assert allocs(r, "P-1") == {"W1": 1}
     # a generous limit does not relax ship complete
     d2 = demand(L("O", "A", 1, n=1), L("O", "B", 1, n=2))
     pol = {"WEB": ChannelPolicy(("W1", "W2"), hold_incomplete_orders=True, max_shipments_per_order=5)}
@@ -554,7 +558,7 @@ def test_policy_validation():
 
 def test_static_and_sequential_paths_agree(monkeypatch):
     # with plenty of stock every order is decided without the order loop;
-    # with scarce stock (W2 holds 2 A for 3 wanted) the orders go through it
+    # with scarce stock (W2 holds 2 A for 3 wanted) the last order wanting A goes through it
     import backorders.allocation as engine
 
     looped = []
@@ -570,7 +574,7 @@ def test_static_and_sequential_paths_agree(monkeypatch):
     plenty = run(d, stock(W1={"A": 100}, W2={"A": 100, "B": 100, "C": 100}))
     assert looped == []
     tight = run(d, stock(W1={"A": 100}, W2={"A": 2, "B": 1, "C": 1}))
-    assert looped and looped[0] >= 2
+    assert looped and looped[0] >= 1
     cols = ["order_id", "line_id", "qty_allocated", "outcome"]
     pd.testing.assert_frame_equal(plenty.lines[cols], tight.lines[cols])
     pd.testing.assert_frame_equal(plenty.allocations, tight.allocations)

@@ -27,7 +27,8 @@ DEMAND_COLUMNS = [
     "backorderable",
     "shipments_used",
 ]
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MORE = settings(SETTINGS, max_examples=200)
 
 policy_st = st.builds(
     ChannelPolicy,
@@ -186,7 +187,7 @@ def reference(demand, stock, policies):
     return lines, allocs
 
 
-@SETTINGS
+@MORE
 @given(problems())
 def test_engine_matches_the_naive_reference(problem):
     demand, stock, policies = problem
@@ -287,8 +288,8 @@ def test_new_shipments_per_order_within_the_limit(problem):
 def test_an_incomplete_order_keeps_its_last_shipment(problem):
     # an order that does not complete now never uses its last permitted shipment
     demand, stock, policies = problem
-    m = lines_with_demand(demand, allocate_pool(demand, stock, policies))
     r = allocate_pool(demand, stock, policies)
+    m = lines_with_demand(demand, r)
     for oid, g in m.groupby("order_id"):
         pol = policies[g.store.iloc[0]]
         if pol.max_shipments_per_order is None:
@@ -373,6 +374,36 @@ def test_deterministic(problem):
     pd.testing.assert_frame_equal(r1.allocations, r2.allocations)
 
 
+def _with_setting(name, value, *args):
+    import backorders.allocation as engine
+
+    saved = getattr(engine, name)
+    setattr(engine, name, value)
+    try:
+        return allocate_pool(*args)
+    finally:
+        setattr(engine, name, saved)
+
+
+@SETTINGS
+@given(problems())
+def test_sparse_pair_index_gives_the_same_result(problem):
+    # large catalogues number only the (source, sku) pairs in use instead of all of them
+    r1 = allocate_pool(*problem)
+    r2 = _with_setting("_DENSE_LIMIT", 0, *problem)
+    pd.testing.assert_frame_equal(r1.lines, r2.lines)
+    pd.testing.assert_frame_equal(r1.allocations, r2.allocations)
+
+
+@MORE
+@given(problems())
+def test_vectorized_orders_match_the_order_loop(problem):
+    r1 = allocate_pool(*problem)
+    r2 = _with_setting("_VECTORIZED_ORDERS", False, *problem)
+    pd.testing.assert_frame_equal(r1.lines, r2.lines)
+    pd.testing.assert_frame_equal(r1.allocations, r2.allocations)
+
+
 @SETTINGS
 @given(problems())
 def test_inputs_are_not_modified(problem):
@@ -425,7 +456,7 @@ def test_single_source_is_plain_fifo(problem):
     assert got == expected
 
 
-@pytest.mark.parametrize("n_sources", [1, 2, 5, 8])
+@pytest.mark.parametrize("n_sources", [1, 2, 5, 8, 14, 61])
 def test_many_sources_exact_search(n_sources):
     # an order whose lines sit at the last sources only: the search still finds the fewest
     srcs = tuple(f"S{i}" for i in range(n_sources))
