@@ -30,7 +30,7 @@ from backorders.demo_data import (
 )
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "samples"   # copies of ../shared/samples
 ORDER_ID_RE = re.compile(r"^(US|EU|B2B)-\d{8}$")
 PREFIX = {"US_WEB": "US", "US_B2B": "B2B", "EU_WEB": "EU"}
 
