@@ -67,6 +67,9 @@ case "$cmd" in
   run)
     ensure_venv; airflow_env
     py -m backorders run "$@" ;;
+  bench)
+    ensure_venv; airflow_env
+    py -m bench.benchmark "$@" ;;
   psql)
     ensure_venv; airflow_env
     url="$(py -m backorders db url)"
@@ -85,6 +88,7 @@ usage: ./dev.sh COMMAND
   ui                      Airflow standalone (UI on :8080) against the same business database
   db start|stop|status|migrate|url
   run --at T              one cycle at T in-process
+  bench [--open-lines N --history-lines H --repeat R]   benchmark of the cycle (docs/performance.md)
   psql                    SQL shell on the business database
   airflow ARGS            the airflow CLI with this project's environment (e.g. airflow dags test backorder_cycle T)
 USAGE

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 
-from backorders import db, schema
+from backorders import db, run_lock, schema
 from backorders.rules import Rules, load_rules
 from backorders.settings import read_sql
 
@@ -69,37 +68,130 @@ def _counts(cur, sql: str, params=None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- begin
-def begin_run(url: str, t, airflow_run_id: str | None = None, rules: Rules | None = None,
-              allow_rewind_later: bool = False) -> dict:
-    """Bring the schema up to date, validate the rules, rewind an earlier execution of T, open the run and its staging schema.
+def _later_runs(cur, t: datetime) -> list[dict]:
+    cur.execute("SELECT run_at, airflow_run_id, status FROM oms.pipeline_runs WHERE run_at > %s AND status <> 'FAILED' "
+                "ORDER BY run_at", (t,))
+    return [{"run_at": r[0], "airflow_run_id": r[1], "status": r[2]} for r in cur.fetchall()]
 
-    A run at T when runs after T exist would have to undo them too: refused unless allow_rewind_later.
+
+def later_runs(url: str, t) -> list[dict]:
+    """The runs after T that changed the tables (status RUNNING or SUCCESS): a run at T would have to undo them."""
+    t = as_run_time(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('oms.pipeline_runs')")
+        if cur.fetchone()[0] is None:
+            return []
+        return _later_runs(cur, t)
+
+
+def has_run(url: str, t) -> bool:
+    """Whether T has a row in oms.pipeline_runs (ran before, in any status)."""
+    t = as_run_time(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('oms.pipeline_runs')")
+        if cur.fetchone()[0] is None:
+            return False
+        cur.execute("SELECT 1 FROM oms.pipeline_runs WHERE run_at = %s", (t,))
+        return cur.fetchone() is not None
+
+
+def replay_refusal(t: datetime, later: list[dict], states: dict[str, str] | None = None,
+                   dag_id: str = "backorder_cycle", no_logical_date: list[str] | None = None) -> str:
+    """The message of a refused re-run of an old T: which later runs stand in the way and exactly what to clear.
+    no_logical_date: the Airflow runs among them without a logical date (not cleared by `tasks clear -s`); when not
+    known, the stock-triggered ones (asset_triggered__...)."""
+    states = states or {}
+    shown = later[:8]
+    listed = "; ".join(
+        f"{r['run_at'].isoformat()} ({r['status']}"
+        + (f", Airflow run {r['airflow_run_id']}" if r.get("airflow_run_id") else ", run outside Airflow")
+        + (f", Airflow state {states[r['airflow_run_id']]}" if r.get("airflow_run_id") in states else "") + ")"
+        for r in shown) + ("; ..." if len(later) > len(shown) else "")
+    no_logical = [r["airflow_run_id"] for r in later if r.get("airflow_run_id")
+                  and (r["airflow_run_id"] in no_logical_date if no_logical_date is not None
+                       else r["airflow_run_id"].startswith("asset_triggered__"))]
+    text = (f"run at {t.isoformat()} refused: {len(later)} later run(s) changed the tables after it and would not "
+            f"run again: {listed}. Re-running an old T alone would undo them and leave the tables wrong. "
+            f"Clear this run together with every later run so that they all run again, in order: "
+            f"`airflow tasks clear {dag_id} -s {t.isoformat()} -y` (clears every run with a logical date from T on; "
+            f"in the UI: Clear on this run's open_run task with 'Future' ticked)")
+    if no_logical:
+        text += ("; runs without a logical date (stock-triggered or manual) are not covered by that and must be "
+                 f"cleared each (UI: the Dag run > Clear Run; REST: POST /api/v2/dags/{dag_id}/dagRuns/<run_id>/clear): "
+                 + ", ".join(no_logical[:8]) + (", ..." if len(no_logical) > 8 else ""))
+    return text + ". Outside Airflow: run the times again in order, the first with allow_rewind_later (--rewind-later)."
+
+
+RERUNNING_STATES = ("queued", "running")
+
+
+def replay_decision(later: list[dict], states: dict[str, str | None], run_type: str | None, ran_before: bool) -> str:
+    """What an Airflow run at T does about the runs after it (later_runs), given the Airflow states of their runs:
+
+    * ``run``: there is none;
+    * ``rewind``: every one of them will run again (cleared together with this run: queued or running), so T may undo
+      them first (allow_rewind_later); the run lock keeps a running one from being undone under its feet;
+    * ``skip``: this is a scheduled or stock-triggered T that never ran and a later run already took everything up
+      to a later time: it is superseded (nothing to do, no harm);
+    * ``refuse``: anything else (re-running an old T alone would corrupt the state).
+    """
+    if not later:
+        return "run"
+    if all(r.get("airflow_run_id") and (states.get(r["airflow_run_id"]) or "").lower() in RERUNNING_STATES
+           for r in later):
+        return "rewind"
+    if not ran_before and (run_type or "").lower() in ("scheduled", "asset_triggered"):
+        return "skip"
+    return "refuse"
+
+
+def begin_run(url: str, t, airflow_run_id: str | None = None, rules: Rules | None = None,
+              allow_rewind_later: bool = False, lock_wait: float = 0.0) -> dict:
+    """Bring the schema up to date, validate the rules, take the run lock, rewind an earlier execution of T, open the
+    run and its staging schema.
+
+    A run at T when runs after T exist would have to undo them too: refused (RunRefused) unless allow_rewind_later.
+    While another run holds the run lock (oms.run_lock) this one waits up to lock_wait seconds, then raises
+    run_lock.RunLocked; nothing is written meanwhile.
     """
     t = as_run_time(t)
     rules = rules or load_rules()
     schema.upgrade(url)
     stg = staging_schema(t)
+    holder = airflow_run_id or run_lock.in_process_holder()
+    deadline = time.monotonic() + max(0.0, lock_wait)
+    said = 0.0
+    while True:
+        try:
+            _open_run(url, t, stg, rules, airflow_run_id, holder, allow_rewind_later)
+            break
+        except run_lock.RunLocked as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%s", exc)
+                raise
+            if time.monotonic() - said >= 30 or said == 0:
+                log.warning("waiting up to %.0f s for the run lock: %s", left, exc)
+                said = time.monotonic()
+            time.sleep(min(1.0, left))
+    return {"run_at": t.isoformat(), "run_id": run_id_for(t), "staging": stg}
+
+
+def _open_run(url: str, t: datetime, stg: str, rules: Rules, airflow_run_id: str | None, holder: str,
+              allow_rewind_later: bool) -> None:
+    """One attempt to open the run, in one transaction (rolled back whole on a refusal or a held lock)."""
     with db.transaction(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(727172)")
-        cur.execute("SELECT run_at FROM oms.pipeline_runs WHERE run_at > %s AND status <> 'FAILED' ORDER BY run_at", (t,))
-        later = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (run_lock.RUN_LOCK_KEY,))
+        later = _later_runs(cur, t)
         if later and not allow_rewind_later:
-            raise RunRefused(
-                f"run at {t.isoformat()} refused: {len(later)} later run(s) exist "
-                f"({', '.join(x.isoformat() for x in later[:5])}{', ...' if len(later) > 5 else ''}); "
-                "re-running an old T alone would undo them. Clear this run together with every later run "
-                "(Airflow: Clear with 'Future' ticked), or set allow_rewind_later to undo them."
-            )
+            raise RunRefused(replay_refusal(t, later))
+        run_lock.acquire(cur, t, holder)
         cur.execute("SELECT count(*) FROM oms.pipeline_runs WHERE run_at >= %s", (t,))
         if cur.fetchone()[0]:
             log.warning("rewinding the effects of runs at or after %s before running it again", t.isoformat())
             cur.execute(read_sql("rewind_runs"), {"t": t})
-            cur.execute("SELECT order_id, line_id FROM rewind_touched")
-            touched = cur.fetchall()
-            cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE; CREATE SCHEMA {stg}")
-            cur.execute(f"CREATE TABLE {stg}.touched (order_id text, line_id text)")
-            cur.executemany(f"INSERT INTO {stg}.touched VALUES (%s, %s)", touched) if len(touched) < 1000 else \
-                db.copy_frame(conn, pd.DataFrame(touched, columns=["order_id", "line_id"]), f"{stg}.touched")
+            cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE; CREATE SCHEMA {stg}; "
+                        f"CREATE TABLE {stg}.touched AS SELECT order_id, line_id FROM rewind_touched")
             # the rewound state's timestamps are those of the last remaining run
             cur.execute("SELECT max(run_at) FROM oms.pipeline_runs")
             prev = cur.fetchone()[0] or t
@@ -124,7 +216,6 @@ def begin_run(url: str, t, airflow_run_id: str | None = None, rules: Rules | Non
             + [("*", sku, q) for sku, q in ss.skus.items()] \
             + [(src, sku, q) for src, m in ss.source_skus.items() for sku, q in m.items()]
         cur.executemany(f"INSERT INTO {stg}.safety_stock VALUES (%s, %s, %s)", rows)
-    return {"run_at": t.isoformat(), "run_id": run_id_for(t), "staging": stg}
 
 
 # ----------------------------------------------------------------------------------------------- extract
@@ -146,7 +237,11 @@ def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
     with db.transaction(url) as conn, conn.cursor() as cur:
         msgs = db.read_frame(conn, _MESSAGE_SQL, {"t": t}, dtypes={"message_id": "int64", "body": "object"},
                              parse_dates=["received_at"])
+        log.info("extract orders at %s: read %d order messages received up to T, not consumed before; parsing",
+                 t.isoformat(), len(msgs))
         batch = parse_messages(msgs)
+        log.info("extract orders at %s: parsed %d orders with %d lines, %d messages rejected", t.isoformat(),
+                 len(batch.orders), len(batch.lines), len(batch.rejects))
         orders, lines, rejects = batch.orders, batch.lines, batch.rejects
 
         # duplicates (same order, same content) are consumed once; same id with other content is a conflict
@@ -321,98 +416,27 @@ def _add_unlisted_stores(cur, stg: str, rules: Rules) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- checks
-@dataclass
-class Check:
-    name: str
-    sql: str            # returns the violating rows
-    blocking: bool = True
+# The data-quality gates are Great Expectations checks run on PostgreSQL: backorders/quality.py (the checks, their
+# SQL, results, report) and include/rules/checks.yaml (which block and which warn).
+def run_checks(url: str, t, stage: str, rules: Rules | None = None) -> list[dict]:
+    """Run one gate's checks; record them in oms.dq_results and oms.pipeline_runs.dq_results, log them, write the
+    run's report; raise CheckFailed if a blocking one fails."""
+    from backorders import quality
 
-
-EXTRACT_CHECKS = [
-    Check("new lines have a positive whole quantity",
-          "SELECT order_id, line_id, qty_ordered FROM {stg}.new_lines WHERE qty_ordered IS NULL OR qty_ordered <= 0"),
-    Check("new line ids are unique",
-          "SELECT order_id, line_id, count(*) FROM {stg}.new_lines GROUP BY 1, 2 HAVING count(*) > 1"),
-    Check("new orders are unique and not already known",
-          "SELECT order_id FROM {stg}.new_orders GROUP BY 1 HAVING count(*) > 1 "
-          "UNION ALL SELECT n.order_id FROM {stg}.new_orders n JOIN oms.orders o USING (order_id)"),
-    Check("new orders have a store, an origin date and a customer email",
-          "SELECT order_id FROM {stg}.new_orders WHERE store IS NULL OR origin_date IS NULL OR customer_email IS NULL"),
-    Check("every new line belongs to a new order",
-          "SELECT order_id, line_id FROM {stg}.new_lines l WHERE NOT EXISTS "
-          "(SELECT 1 FROM {stg}.new_orders o WHERE o.order_id = l.order_id)"),
-    Check("stock is not negative",
-          "SELECT source_code, sku, qty_on_hand FROM {stg}.stock WHERE qty_on_hand < 0 OR qty_available < 0"),
-    Check("every consumed message is accounted for once",
-          "SELECT message_id FROM {stg}.consumed GROUP BY 1 HAVING count(*) > 1"),
-    Check("order dates are not after T", "SELECT order_id, origin_date FROM {stg}.new_orders WHERE origin_date > %(t)s",
-          blocking=False),
-]
-
-ALLOCATION_CHECKS = [
-    Check("no source is over-allocated",
-          "SELECT a.source_code, a.sku, sum(a.qty) AS allocated, max(s.qty_available) AS available "
-          "FROM {stg}.allocations a LEFT JOIN {stg}.stock s USING (source_code, sku) "
-          "GROUP BY 1, 2 HAVING sum(a.qty) > coalesce(max(s.qty_available), 0)"),
-    Check("every demand line has exactly one result",
-          "SELECT d.order_id, d.line_id, count(r.line_id) FROM {stg}.demand d LEFT JOIN {stg}.line_results r "
-          "USING (order_id, line_id) GROUP BY 1, 2 HAVING count(r.line_id) <> 1"),
-    Check("quantities of each line add up",
-          "SELECT r.order_id, r.line_id, d.qty_open, r.qty_allocated, r.qty_backordered, r.qty_held, r.qty_cancelled "
-          "FROM {stg}.line_results r JOIN {stg}.demand d USING (order_id, line_id) "
-          "WHERE d.qty_open <> r.qty_allocated + r.qty_backordered + r.qty_held + r.qty_cancelled "
-          "OR least(r.qty_allocated, r.qty_backordered, r.qty_held, r.qty_cancelled) < 0 "
-          "OR r.qty_allocated <> coalesce((SELECT sum(a.qty) FROM {stg}.allocations a "
-          "   WHERE a.order_id = r.order_id AND a.line_id = r.line_id), 0)"),
-    Check("no backorder on a line that may not wait",
-          "SELECT r.order_id, r.line_id FROM {stg}.line_results r JOIN {stg}.demand d USING (order_id, line_id) "
-          "WHERE NOT d.backorderable AND r.qty_backordered > 0"),
-    Check("allocations only from the channel's sources",
-          "SELECT a.order_id, a.line_id, a.source_code FROM {stg}.allocations a JOIN {stg}.demand d "
-          "USING (order_id, line_id) JOIN {stg}.channels c ON c.store = d.store "
-          "WHERE NOT (a.source_code = ANY (c.sources))"),
-    Check("shipments per order within the channel's limit",
-          "SELECT a.order_id, max(d.shipments_used) + count(DISTINCT a.source_code) AS shipments, max(c.max_shipments) "
-          "FROM {stg}.allocations a JOIN {stg}.demand d USING (order_id, line_id) JOIN {stg}.channels c "
-          "ON c.store = d.store WHERE c.max_shipments IS NOT NULL GROUP BY a.order_id "
-          "HAVING max(d.shipments_used) + count(DISTINCT a.source_code) > max(c.max_shipments)"),
-]
-
-
-def run_checks(url: str, t, checks: list[Check], stage: str) -> list[dict]:
-    """Run SQL checks on the staged data; record results in oms.pipeline_runs; raise CheckFailed if a blocking one fails."""
-    t = as_run_time(t)
-    stg = staging_schema(t)
-    results = []
-    with db.transaction(url) as conn, conn.cursor() as cur:
-        for check in checks:
-            cur.execute(f"SELECT count(*) FROM ({check.sql.replace('{stg}', stg)}) v", {"t": t})
-            failing = int(cur.fetchone()[0])
-            examples = []
-            if failing:
-                cur.execute(check.sql.replace("{stg}", stg) + " LIMIT 5", {"t": t})
-                cols = [d[0] for d in cur.description]
-                examples = [{c: str(v) for c, v in zip(cols, row)} for row in cur.fetchall()]
-            results.append({"stage": stage, "check": check.name, "blocking": check.blocking,
-                            "success": failing == 0, "failing_rows": failing, "examples": examples})
-        cur.execute("UPDATE oms.pipeline_runs SET dq_results = dq_results || %s::jsonb WHERE run_at = %s",
-                    (json.dumps(results), t))
-    for r in results:
-        if not r["success"]:
-            (log.error if r["blocking"] else log.warning)(
-                "check %r failed on %d rows, e.g. %s", r["check"], r["failing_rows"], r["examples"][:3])
-    failed = [r for r in results if r["blocking"] and not r["success"]]
-    if failed:
-        raise CheckFailed("; ".join(f"{r['check']}: {r['failing_rows']} rows, e.g. {r['examples'][:2]}" for r in failed))
-    return results
+    return quality.run_stage(url, t, stage, rules)
 
 
 def check_extract(url: str, t) -> list[dict]:
-    return run_checks(url, t, EXTRACT_CHECKS, "extract")
+    return run_checks(url, t, "extract")
 
 
 def check_allocation(url: str, t) -> list[dict]:
-    return run_checks(url, t, ALLOCATION_CHECKS, "allocate")
+    return run_checks(url, t, "allocate")
+
+
+def check_load(url: str, t) -> list[dict]:
+    """After publish: every staged row published, keys consistent, counts equal, nothing lost."""
+    return run_checks(url, t, "load")
 
 
 # ----------------------------------------------------------------------------------------------- allocate
@@ -435,6 +459,8 @@ def prepare_allocation(url: str, t) -> None:
             CREATE TABLE IF NOT EXISTS {stg}.line_results (pool text, order_id text, line_id text, qty_allocated bigint,
                 qty_backordered bigint, qty_held bigint, qty_cancelled bigint, qty_available_seen bigint,
                 outcome text, reason text);
+            -- the allocation checks and publish look allocations up per line: without it, n lines x n allocations
+            CREATE INDEX IF NOT EXISTS allocations_line ON {stg}.allocations (order_id, line_id);
         """)
 
 
@@ -466,6 +492,8 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
                                         hold_incomplete_orders=c.hold_incomplete_orders,
                                         allow_partial_lines=c.allow_partial_lines,
                                         allow_split_lines=c.allow_split_lines)
+        log.info("allocating pool %s at %s: %d demand lines of %d channels against %d stock rows", pool,
+                 t.isoformat(), len(demand), len(stores), len(stock))
         result = allocate_pool(demand, stock, policies)
         cur.execute(f"DELETE FROM {stg}.allocations WHERE pool = %(p)s; DELETE FROM {stg}.line_results WHERE pool = %(p)s",
                     {"p": pool})
@@ -488,8 +516,16 @@ def publish(url: str, t) -> dict:
     t = as_run_time(t)
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
+        # under the run lock's advisory xact lock, and only while this run holds the lease: never two publishes at once
+        run_lock.check_held(cur, t)
+        started = time.perf_counter()
         cur.execute(_sql("publish", stg), {"t": t})
+        log.info("publish %s: orders, lines, shipment requests, cancellations and attempts written (%.1f s); "
+                 "%d lines touched", t.isoformat(), time.perf_counter() - started,
+                 _counts(cur, f"SELECT count(*) FROM {stg}.touched"))
         cur.execute(_sql("refresh_lines", stg), {"t": t})
+        log.info("publish %s: quantities, status and labels of the touched lines recomputed (%.1f s)", t.isoformat(),
+                 time.perf_counter() - started)
         cur.execute(_sql("exceptions", stg), {"t": t})
         figures = {
             "shipment_requests": _counts(cur, "SELECT count(*) FROM oms.shipment_requests WHERE requested_at = %s", (t,)),
@@ -590,7 +626,7 @@ def finish_run(url: str, t, stage_figures: dict | None = None, keep_staging: boo
               (SELECT count(*) FROM {stg}.consumed),
               (SELECT count(*) FROM {stg}.new_orders),
               (SELECT count(*) FROM {stg}.new_lines),
-              (SELECT count(*) FROM {stg}.quarantine),
+              (SELECT count(*) FROM {stg}.quarantine WHERE source = 'landing.order_messages'),
               (SELECT count(*) FROM {stg}.consumed WHERE outcome = 'DUPLICATE'),
               (SELECT count(*) FROM {stg}.demand),
               (SELECT count(*) FROM {stg}.line_results WHERE qty_allocated > 0),
@@ -611,16 +647,23 @@ def finish_run(url: str, t, stage_figures: dict | None = None, keep_staging: boo
                     {**summary, "stages": json.dumps(stage_figures or {}, sort_keys=True), "t": t})
         if not keep_staging:
             cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE")
+        run_lock.release(cur, t)
     summary["run_at"] = t.isoformat()
     return summary
 
 
-def fail_run(url: str, t, error: str) -> None:
-    """Mark the run FAILED with the error; nothing of it was published (publish is one transaction)."""
+def fail_run(url: str, t, error: str, airflow_run_id: str | None = None) -> None:
+    """Mark the run FAILED with the error and give the run lock back; nothing of it was published (publish is one
+    transaction). With airflow_run_id, only if that Airflow run is the one that opened T (a refused or waiting run
+    must not fail the run that holds the lock)."""
     t = as_run_time(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
         cur.execute("UPDATE oms.pipeline_runs SET status = 'FAILED', finished_at = clock_timestamp(), error = %s "
-                    "WHERE run_at = %s AND status = 'RUNNING'", (error[:4000], t))
+                    "WHERE run_at = %s AND status = 'RUNNING' AND (%s::text IS NULL OR airflow_run_id = %s)",
+                    (error[:4000], t, airflow_run_id, airflow_run_id))
+        cur.execute("SELECT to_regclass('oms.run_lock')")
+        if cur.fetchone()[0] is not None:
+            run_lock.release(cur, t, airflow_run_id or run_lock.in_process_holder())
 
 
 def format_summary(s: dict) -> str:
@@ -635,8 +678,16 @@ def format_summary(s: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------- whole cycle
 def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | None = None,
-              allow_rewind_later: bool = False) -> dict:
-    """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it)."""
+              allow_rewind_later: bool = False, lock_wait: float = 600.0, keep_staging: bool = False,
+              deliver: bool = False) -> dict:
+    """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it).
+
+    If another run holds the run lock, waits for it up to lock_wait seconds (then run_lock.RunLocked).
+    keep_staging keeps the run's staging schema (the benchmark measures its floor on the same staged input).
+    deliver: afterwards, deliver the outboxes (delivery.deliver_from_environment: the AIRFLOW_CONN_BACKORDERS_SMTP
+    and AIRFLOW_CONN_BACKORDERS_PAYMENTS connections, outbox.yaml's folder); by default rows stay PENDING."""
+    from backorders import lifecycle, outbox
+
     t = as_run_time(t)
     rules = rules or load_rules()
     timings: dict[str, float] = {}
@@ -647,9 +698,13 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
         timings[name] = round(time.perf_counter() - started, 3)
         return out
 
-    timed("begin", begin_run, url, t, airflow_run_id, rules, allow_rewind_later)
+    from backorders.file_drop import load_folder
+
+    timed("load_files", load_folder, url, t)
+    timed("begin", begin_run, url, t, airflow_run_id, rules, allow_rewind_later, lock_wait)
     try:
         timed("extract_orders", extract_orders, url, t, rules)
+        timed("stage_cancellations", lifecycle.stage_cancellations, url, t, rules)
         timed("extract_stock", extract_stock, url, t, rules)
         timed("check_extract", check_extract, url, t)
         timed("prepare_allocation", prepare_allocation, url, t)
@@ -657,8 +712,17 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
             timed(f"allocate[{pool}]", allocate, url, t, pool, rules)
         timed("check_allocation", check_allocation, url, t)
         timed("publish", publish, url, t)
+        timed("apply_after_publish", lifecycle.apply_after_publish, url, t, rules)
+        timed("check_load", check_load, url, t)
         timed("queue_notifications", queue_notifications, url, t, rules)
-        return timed("finish", finish_run, url, t, {"seconds": timings}) | {"seconds": timings}
+        timed("queue_outboxes", outbox.queue_outboxes, url, t, rules)
+        timed("delivery_window", outbox.apply_delivery_window, url, t, rules)
+        summary = timed("finish", finish_run, url, t, {"seconds": timings}, keep_staging) | {"seconds": timings}
     except Exception as exc:
-        fail_run(url, t, f"{type(exc).__name__}: {exc}")
+        fail_run(url, t, f"{type(exc).__name__}: {exc}", airflow_run_id)
         raise
+    if deliver:
+        from backorders import delivery
+
+        summary["delivery"] = delivery.deliver_from_environment(url, rules.outbox)
+    return summary

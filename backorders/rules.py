@@ -136,6 +136,86 @@ class SafetyStockFile(_Strict):
     source_skus: dict[Code, dict[str, Annotated[int, Field(ge=0)]]] = {}
 
 
+CHECK_ID = r"^(extract|allocate|load)\.[a-z0-9_]{1,63}$"
+
+
+class ChecksFile(_Strict):
+    """checks.yaml: which data-quality checks block the run and which only warn, and how many examples to keep.
+
+    Check ids are validated against the checks that backorders/quality.py defines (an allow-list): an unknown id
+    stops the run like any unknown key."""
+    examples: Annotated[int, Field(ge=0, le=20)] = 5
+    checks: dict[Annotated[str, Field(pattern=CHECK_ID)], Literal["block", "warn"]] = {}
+
+    @field_validator("checks")
+    @classmethod
+    def _known(cls, v: dict[str, str]) -> dict[str, str]:
+        from backorders.quality import check_ids
+
+        unknown = sorted(set(v) - set(check_ids()))
+        if unknown:
+            raise ValueError(f"ids of the checks in backorders/quality.py, got unknown {unknown}")
+        return v
+
+    def action(self, check_id: str, default: str) -> str:
+        return self.checks.get(check_id, default)
+
+
+class OutboxDelivery(_Strict):
+    """How the outboxes are delivered: attempts, backoff between them, and which runs deliver at all."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    backoff_seconds: Annotated[float, Field(gt=0)] = 60.0
+    backoff_factor: Annotated[float, Field(ge=1)] = 2.0
+    backoff_max_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    window_days: Annotated[float, Field(ge=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _max(self):
+        if self.backoff_max_seconds < self.backoff_seconds:
+            raise ValueError(f"backoff_max_seconds ({self.backoff_max_seconds}) at least backoff_seconds "
+                             f"({self.backoff_seconds})")
+        return self
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the given number of failed attempts (1, 2, ...) before the next one."""
+        return min(self.backoff_seconds * self.backoff_factor ** max(attempts - 1, 0), self.backoff_max_seconds)
+
+
+class OutboxEmail(_Strict):
+    sender: str = "Backorders <backorders@example.com>"
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        from email.utils import parseaddr
+
+        addr = parseaddr(v)[1]
+        if "@" not in addr or any(c in v for c in "\r\n"):
+            raise ValueError(f'an email address such as "Shop <orders@example.com>", got {v!r}')
+        return v
+
+
+class OutboxPayments(_Strict):
+    endpoint: str = "/payment-requests"
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    refund_due_working_days: Annotated[int, Field(ge=0, le=60)] = 7
+
+
+class OutboxShipmentMessages(_Strict):
+    enabled: bool = True
+    folder: str | None = None      # relative to the project folder; null: the messages wait in oms.shipment_messages
+
+
+class OutboxFile(_Strict):
+    """outbox.yaml: delivery of the outboxes (emails, payment requests, shipment messages)."""
+    delivery: OutboxDelivery = OutboxDelivery()
+    email: OutboxEmail = OutboxEmail()
+    payments: OutboxPayments = OutboxPayments()
+    shipment_messages: OutboxShipmentMessages = OutboxShipmentMessages()
+
+
 @dataclass(frozen=True)
 class Rules:
     """Every rules file, validated, with per-channel and per-method settings resolved against the defaults."""
@@ -147,6 +227,8 @@ class Rules:
     schedule: ScheduleFile
     priority: PriorityFile
     safety_stock: SafetyStockFile
+    checks: ChecksFile = ChecksFile()
+    outbox: OutboxFile = OutboxFile()
 
     def channel(self, store: str) -> ChannelSettings:
         """Settings of a channel; a channel that is not listed uses the defaults."""
@@ -232,7 +314,11 @@ def load_rules(folder: Path | str | None = None) -> Rules:
     priority = _validate(PriorityFile, _read_yaml(f), f)
     f = folder / "safety_stock.yaml"
     safety = _validate(SafetyStockFile, _read_yaml(f), f)
-    return Rules(folder, channel_defaults, channels, payment_defaults, methods, schedule, priority, safety)
+    f = folder / "checks.yaml"
+    checks = _validate(ChecksFile, _read_yaml(f), f)
+    outbox = load_outbox(folder)
+    return Rules(folder, channel_defaults, channels, payment_defaults, methods, schedule, priority, safety, checks,
+                 outbox)
 
 
 def cron_expressions(schedule: ScheduleFile) -> list[str]:
@@ -242,6 +328,13 @@ def cron_expressions(schedule: ScheduleFile) -> list[str]:
         tt = time.fromisoformat(t)
         by_minute.setdefault(tt.minute, []).append(tt.hour)
     return [f"{m} {','.join(str(h) for h in sorted(hs))} * * *" for m, hs in sorted(by_minute.items())]
+
+
+def load_outbox(folder: Path | str | None = None) -> OutboxFile:
+    """Only outbox.yaml (the DAG reads it at parse time for the delivery tasks' retries)."""
+    folder = Path(folder) if folder is not None else rules_dir()
+    f = folder / "outbox.yaml"
+    return _validate(OutboxFile, _read_yaml(f), f)
 
 
 def load_schedule(folder: Path | str | None = None) -> ScheduleFile:

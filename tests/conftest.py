@@ -117,6 +117,11 @@ class Landing:
         self._exec("INSERT INTO landing.shipment_confirmations VALUES (%s, %s, %s)",
                    [(shipment_request_id, utc(shipped_at), utc(received_at or shipped_at))])
 
+    def response(self, order_id: str, response: str, responded_at: str, received_at: str | None = None) -> None:
+        """The buyer's answer (consent or cancel) as landing.customer_responses receives it."""
+        self._exec("INSERT INTO landing.customer_responses VALUES (%s, %s, %s, %s)",
+                   [(order_id, response, utc(responded_at), utc(received_at or responded_at))])
+
 
 @pytest.fixture
 def landing(migrated_url):
@@ -133,7 +138,8 @@ def table_rows(url: str, sql: str) -> list[tuple]:
 
 OMS_TABLES = ["orders", "order_lines", "shipment_requests", "shipment_request_lines", "backorder_attempts",
               "line_cancellations", "exceptions", "notifications", "notification_lines", "payment_requests",
-              "delay_notices", "storefront_availability", "quarantine", "consumed_messages", "pipeline_runs"]
+              "delay_notices", "storefront_availability", "quarantine", "consumed_messages", "pipeline_runs",
+              "run_lock", "dq_results", "shipment_messages", "payment_responses"]
 WALL_CLOCK_COLUMNS = {"pipeline_runs": {"started_at", "finished_at", "stage_counts", "airflow_run_id"}}
 
 

@@ -207,8 +207,12 @@ def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
     url = migrated_url
     landing.message(order_message("F1", lines=[("SKU-F", 1, None)]), "2026-03-02T01:00:00Z")
     landing.stock([("WH_PDX", "SKU-F", 1)], "2026-03-02T00:00:00Z")
-    broken = cycle.Check("always fails", "SELECT 1 AS x")
-    monkeypatch.setattr(cycle, "ALLOCATION_CHECKS", cycle.ALLOCATION_CHECKS + [broken])
+    from backorders import quality
+
+    # a blocking check of the allocation gate that always finds one failing row
+    broken = quality.Check("allocate.always_fails", "always fails", "{stg}.demand",
+                           query="SELECT count(*) AS x FROM (SELECT * FROM {batch}) d")
+    monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [broken])
     with pytest.raises(cycle.CheckFailed, match="always fails: 1 rows"):
         cycle.run_cycle(url, T1)
     assert table_rows(url, "SELECT count(*) FROM oms.orders") == [(0,)]
@@ -216,7 +220,7 @@ def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
     status, error, dq = table_rows(url, "SELECT status, error, dq_results::text FROM oms.pipeline_runs")[0]
     assert status == "FAILED" and "always fails" in error and '"failing_rows": 1' in dq
     # after the fault is gone the same T runs and publishes
-    monkeypatch.setattr(cycle, "ALLOCATION_CHECKS", [c for c in cycle.ALLOCATION_CHECKS if c is not broken])
+    monkeypatch.setattr(quality, "CHECKS", [c for c in quality.CHECKS if c is not broken])
     s = cycle.run_cycle(url, T1)
     assert s["orders_created"] == 1 and s["lines_allocated"] == 1
 

@@ -38,15 +38,20 @@ def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
 def test_backorder_cycle_shape(dagbag):
     dag = dagbag.dags["backorder_cycle"]
     assert dag.max_active_runs == 1
-    assert "CronTriggerTimetable" in type(dag.timetable).__name__
-    assert dag.timetable.summary == "0 6,14,22 * * *"
+    tt = dag.timetable          # the cron times, or new stock (an asset), whichever comes first
+    assert type(tt).__name__ == "AssetOrTimeSchedule" and "CronTriggerTimetable" in type(tt.timetable).__name__
+    assert tt.timetable.summary == "0 6,14,22 * * *"
     groups = {t.task_id.split(".")[0] for t in dag.tasks if "." in t.task_id}
-    assert {"extract", "allocate", "load", "side_effects", "report"} <= groups
-    order = ["extract.open_run", "extract.extract_orders", "extract.extract_stock", "check_extract",
-             "allocate.list_pools", "allocate.allocate_pool", "check_allocation", "load.publish",
-             "side_effects.queue_notifications", "report.finish_run"]
+    assert {"extract", "allocate", "load", "side_effects", "report", "deliver"} <= groups
+    order = ["extract.load_files", "extract.open_run", "extract.extract_orders", "extract.stage_cancellations",
+             "extract.extract_stock", "check_extract", "allocate.list_pools", "allocate.allocate_pool",
+             "check_allocation", "load.publish", "load.apply_after_publish", "check_load",
+             "side_effects.queue_notifications", "report.finish_run", "deliver.deliver_notifications"]
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} should run right before {down}"
+    # nothing is queued for delivery before the load gate has passed
+    for effect in ("side_effects.queue_notifications", "side_effects.queue_outboxes"):
+        assert dag.get_task(effect).upstream_task_ids == {"check_load"}, effect
     # one allocation task per stock pool, mapped at run time
     assert type(dag.get_task("allocate.allocate_pool")).__name__.endswith("MappedOperator")
 
@@ -56,7 +61,7 @@ def test_schedule_follows_schedule_yaml(tmp_path):
     rules.mkdir()
     (rules / "schedule.yaml").write_text("times: ['05:15', '17:15']\ntimezone: America/New_York\n")
     code = ("from airflow.dag_processing.dagbag import DagBag; b = DagBag(dag_folder=%r); "
-            "d = b.dags['backorder_cycle']; print(d.timetable.summary, d.timetable._timezone)") % str(DAGS)
+            "d = b.dags['backorder_cycle']; print(d.timetable.timetable.summary, d.timetable.timetable._timezone)") % str(DAGS)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "BACKORDERS_RULES_DIR": str(rules)}).stdout
     assert "15 5,17 * * *" in out and "America/New_York" in out

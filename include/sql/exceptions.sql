@@ -7,6 +7,15 @@ JOIN {stg}.consumed c ON c.message_id::text = q.source_ref
 CROSS JOIN LATERAL (SELECT 'REJECTED_MESSAGE:' || q.source || ':' || q.source_ref AS cause_key, c.order_id) k
 ON CONFLICT (cause_key) DO NOTHING;
 
+-- stock rows and file-drop lines quarantined by this run (their source_ref is stable: source/sku/as_of, file:line)
+INSERT INTO oms.exceptions (exception_id, order_id, line_id, kind, severity, opened_at, details, cause_key)
+SELECT 'EX-' || substr(md5(k.cause_key), 1, 16), NULL, NULL, 'REJECTED_MESSAGE', 'medium', %(t)s,
+       q.source || ' ' || q.source_ref || ' quarantined: ' || q.reason, k.cause_key
+FROM {stg}.quarantine q
+CROSS JOIN LATERAL (SELECT 'REJECTED_MESSAGE:' || q.source || ':' || q.source_ref AS cause_key) k
+WHERE q.source NOT IN ('landing.order_messages', 'landing.customer_responses')   -- those have their own
+ON CONFLICT (cause_key) DO NOTHING;
+
 -- backorders older than the channel's backorder_exception_days: severity high
 WITH aged AS (
     SELECT l.order_id, l.line_id, l.sku, l.qty_backordered, l.backordered_since, o.store,
@@ -16,7 +25,7 @@ WITH aged AS (
     FROM oms.order_lines l
     JOIN oms.orders o USING (order_id)
     JOIN {stg}.channels c ON c.store = o.store
-    WHERE l.qty_backordered > 0
+    WHERE l.qty_backordered > 0 AND l.qty_backordered + l.qty_held > 0     -- the second uses the open-lines index
       AND l.backordered_since <= %(t)s - make_interval(days => c.exception_days)
 )
 INSERT INTO oms.exceptions (exception_id, order_id, line_id, kind, severity, opened_at, details, cause_key)

@@ -32,6 +32,10 @@ INSERT INTO oms.line_cancellations (order_id, line_id, run_at, quantity, kind, r
 SELECT order_id, line_id, %(t)s, qty_cancelled, 'NOT_BACKORDERABLE', coalesce(nullif(reason, ''), 'not backorderable')
 FROM {stg}.line_results WHERE qty_cancelled > 0;
 
+-- cancellations decided at T before allocation (lifecycle.stage_cancellations): buyer, FTC, automatic
+INSERT INTO oms.line_cancellations (order_id, line_id, run_at, quantity, kind, reason, refund_due_at)
+SELECT order_id, line_id, %(t)s, qty, kind, reason, refund_due_at FROM {stg}.cancellations;
+
 -- the attempts log: every line that waited before this run, and every new line not allocated in full at once
 INSERT INTO oms.backorder_attempts (order_id, line_id, checked_at, qty_needed, qty_available, qty_allocated,
                                     qty_backordered, qty_held, qty_cancelled, outcome, reason)
@@ -43,4 +47,6 @@ WHERE NOT (d.is_new AND r.qty_allocated = d.qty_open);
 CREATE TABLE {stg}.touched AS
 SELECT order_id, line_id FROM {stg}.demand
 UNION
-SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN {stg}.confirmations c USING (shipment_request_id);
+SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN {stg}.confirmations c USING (shipment_request_id)
+UNION
+SELECT order_id, line_id FROM {stg}.cancellations;

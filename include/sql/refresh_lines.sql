@@ -1,40 +1,28 @@
 -- Recompute the quantities, status and labels of the lines in {stg}.touched from the event tables
 -- (shipment request lines, cancellations, attempts). Used by publish and by the rewind of runs.
-WITH k AS (SELECT DISTINCT order_id, line_id FROM {stg}.touched),
-alloc AS (
-    SELECT l.order_id, l.line_id,
-           coalesce(sum(l.quantity) FILTER (WHERE r.status = 'REQUESTED'), 0) AS qa,
-           coalesce(sum(l.quantity) FILTER (WHERE r.status = 'SHIPPED'), 0) AS qs
-    FROM k JOIN oms.shipment_request_lines l USING (order_id, line_id)
-    JOIN oms.shipment_requests r USING (shipment_request_id)
-    GROUP BY l.order_id, l.line_id
-),
-canc AS (
-    SELECT c.order_id, c.line_id, sum(c.quantity) AS qc
-    FROM k JOIN oms.line_cancellations c USING (order_id, line_id)
-    GROUP BY c.order_id, c.line_id
-),
-att AS (
-    SELECT DISTINCT ON (a.order_id, a.line_id) a.order_id, a.line_id, a.qty_held, a.reason
-    FROM k JOIN oms.backorder_attempts a USING (order_id, line_id)
-    ORDER BY a.order_id, a.line_id, a.checked_at DESC
-),
-since AS (
-    SELECT a.order_id, a.line_id, min(a.checked_at) AS first_bo
-    FROM k JOIN oms.backorder_attempts a USING (order_id, line_id)
-    WHERE a.qty_backordered > 0
-    GROUP BY a.order_id, a.line_id
-),
-q AS (
-    SELECT ol.order_id, ol.line_id, ol.qty_ordered,
-           coalesce(alloc.qa, 0) AS qa, coalesce(alloc.qs, 0) AS qs, coalesce(canc.qc, 0) AS qc,
-           greatest(ol.qty_ordered - coalesce(alloc.qa, 0) - coalesce(alloc.qs, 0) - coalesce(canc.qc, 0), 0) AS open,
+-- Each touched line reads its own events through the indexes (LATERAL, per line): the cost follows the lines touched,
+-- not the history, and no join estimate can turn into a nested loop over whole event tables.
+ANALYZE {stg}.touched;
+WITH q AS (
+    SELECT ol.order_id, ol.line_id, ol.qty_ordered, alloc.qa, alloc.qs, canc.qc,
+           greatest(ol.qty_ordered - alloc.qa - alloc.qs - canc.qc, 0) AS open,
            coalesce(att.qty_held, 0) AS last_held, att.reason, since.first_bo
-    FROM k JOIN oms.order_lines ol USING (order_id, line_id)
-    LEFT JOIN alloc USING (order_id, line_id)
-    LEFT JOIN canc USING (order_id, line_id)
-    LEFT JOIN att USING (order_id, line_id)
-    LEFT JOIN since USING (order_id, line_id)
+    FROM (SELECT DISTINCT order_id, line_id FROM {stg}.touched) k
+    JOIN oms.order_lines ol USING (order_id, line_id)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(l.quantity) FILTER (WHERE r.status = 'REQUESTED'), 0) AS qa,
+               coalesce(sum(l.quantity) FILTER (WHERE r.status = 'SHIPPED'), 0) AS qs
+        FROM oms.shipment_request_lines l JOIN oms.shipment_requests r USING (shipment_request_id)
+        WHERE l.order_id = k.order_id AND l.line_id = k.line_id) alloc
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(c.quantity), 0) AS qc FROM oms.line_cancellations c
+        WHERE c.order_id = k.order_id AND c.line_id = k.line_id) canc
+    LEFT JOIN LATERAL (
+        SELECT a.qty_held, a.reason FROM oms.backorder_attempts a
+        WHERE a.order_id = k.order_id AND a.line_id = k.line_id ORDER BY a.checked_at DESC LIMIT 1) att ON true
+    CROSS JOIN LATERAL (
+        SELECT min(a.checked_at) AS first_bo FROM oms.backorder_attempts a
+        WHERE a.order_id = k.order_id AND a.line_id = k.line_id AND a.qty_backordered > 0) since
 ),
 v AS (
     SELECT q.*, least(q.open, q.last_held) AS held, q.open - least(q.open, q.last_held) AS bo FROM q

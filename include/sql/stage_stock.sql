@@ -1,12 +1,70 @@
--- Stock of run T for the SKUs in demand: latest on-hand at or before T (as_of and received_at),
--- minus quantity hard-allocated and not shipped (confirmations of this run count as shipped), minus safety stock.
+-- Stock of run T.
+-- 1. Intake: every landing.stock_levels row received after the last successful run and up to T is classified once:
+--    QUARANTINED (a bad row: missing or unknown source, missing sku, quantity missing, negative, fractional or out of
+--    range, as_of missing), NOT_DUE (as_of after T: ignored until a run at or after its as_of, which uses it then) or
+--    VALID. Quarantined rows, and the rows of dropped files that could not be read (landing.file_rejects), go to
+--    {stg}.quarantine with a stable source_ref; the data-quality gate checks that nothing is lost.
+-- 2. Stock for the SKUs in demand: latest valid on-hand at or before T (as_of, then received_at), minus quantity
+--    hard-allocated and not shipped (confirmations of this run count as shipped), minus safety stock.
+CREATE FUNCTION {stg}.stock_problem(source_code text, sku text, quantity numeric, as_of timestamptz)
+RETURNS text LANGUAGE sql STABLE AS $$
+SELECT CASE
+    WHEN source_code IS NULL OR btrim(source_code) = '' THEN 'source_code is missing'
+    WHEN NOT EXISTS (SELECT 1 FROM {stg}.sources s WHERE s.source_code = stock_problem.source_code)
+        THEN format('unknown source %%s: not a source of any channel in channels.yaml', left(source_code, 64))
+    WHEN sku IS NULL OR btrim(sku) = '' THEN 'sku is missing'
+    WHEN sku ~ '[[:cntrl:]]' THEN 'sku contains a control character'
+    WHEN quantity IS NULL THEN 'quantity is missing'
+    WHEN quantity = 'NaN'::numeric THEN 'quantity is not a number'
+    WHEN quantity < 0 THEN format('quantity is negative: %%s', quantity)
+    WHEN quantity > 2147483647 THEN format('quantity is out of range: %%s', left(quantity::text, 40))
+    WHEN quantity <> trunc(quantity) THEN format('quantity is not a whole number: %%s', quantity)
+    WHEN as_of IS NULL THEN 'as_of is missing'
+END $$;
+
+CREATE TABLE {stg}.stock_intake AS
+WITH since AS (
+    SELECT coalesce(max(run_at), '-infinity'::timestamptz) AS t0
+    FROM oms.pipeline_runs WHERE run_at < %(t)s AND status = 'SUCCESS'
+),
+rows AS (
+    SELECT s.source_code, s.sku, s.quantity, s.as_of, s.received_at,
+           {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) AS problem,
+           coalesce(s.source_code, '') || '/' || coalesce(s.sku, '') || '/'
+               || coalesce(to_char(s.as_of AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '') AS source_ref,
+           md5(concat_ws('|', s.source_code, s.sku, s.quantity::text,
+                         to_char(s.as_of AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                         to_char(s.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))) AS row_hash
+    FROM landing.stock_levels s, since
+    WHERE s.received_at > since.t0 AND s.received_at <= %(t)s
+)
+SELECT source_code, sku, quantity, as_of, received_at, problem, source_ref,
+       CASE WHEN problem IS NOT NULL THEN 'QUARANTINED' WHEN as_of > %(t)s THEN 'NOT_DUE' ELSE 'VALID' END AS status,
+       'Q-stock-' || substr(row_hash, 1, 16) || '-' || row_number() OVER (PARTITION BY row_hash) AS quarantine_id
+FROM rows;
+
+INSERT INTO {stg}.quarantine (quarantine_id, source, source_ref, received_at, reason, raw, run_at)
+SELECT quarantine_id, 'landing.stock_levels', source_ref, received_at, problem,
+       json_build_object('source_code', source_code, 'sku', sku, 'quantity', quantity, 'as_of', as_of)::text, %(t)s
+FROM {stg}.stock_intake WHERE status = 'QUARANTINED';
+
+-- rows of dropped files that could not be read, in the same window
+INSERT INTO {stg}.quarantine (quarantine_id, source, source_ref, received_at, reason, raw, run_at)
+SELECT 'Q-file-' || substr(r.file_sha256, 1, 16) || '-' || r.line_number, 'file:' || r.file_name,
+       r.file_name || ':' || r.line_number, r.received_at, r.reason, r.raw, %(t)s
+FROM landing.file_rejects r
+WHERE r.received_at <= %(t)s
+  AND r.received_at > (SELECT coalesce(max(run_at), '-infinity'::timestamptz)
+                       FROM oms.pipeline_runs WHERE run_at < %(t)s AND status = 'SUCCESS');
+
 CREATE TABLE {stg}.stock AS
 WITH skus AS (SELECT DISTINCT sku FROM {stg}.demand),
 on_hand AS (
-    SELECT DISTINCT ON (s.sku, s.source_code) s.source_code, s.sku, s.quantity
+    SELECT DISTINCT ON (s.sku, s.source_code) s.source_code, s.sku, s.quantity, s.as_of
     FROM landing.stock_levels s JOIN skus USING (sku)
     WHERE s.as_of <= %(t)s AND s.received_at <= %(t)s
       AND s.source_code IN (SELECT source_code FROM {stg}.sources)
+      AND {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) IS NULL
     ORDER BY s.sku, s.source_code, s.as_of DESC, s.received_at DESC
 ),
 committed AS (
@@ -19,10 +77,11 @@ committed AS (
     GROUP BY r.source_code, l.sku
 )
 SELECT h.source_code, h.sku,
-       floor(greatest(h.quantity, 0))::bigint AS qty_on_hand,
+       h.quantity::bigint AS qty_on_hand,
        coalesce(c.qty, 0)::bigint AS qty_committed,
        coalesce((SELECT max(f.qty) FROM {stg}.safety_stock f
-                 WHERE f.source_code IN ('*', h.source_code) AND f.sku IN ('*', h.sku)), 0)::bigint AS qty_safety
+                 WHERE f.source_code IN ('*', h.source_code) AND f.sku IN ('*', h.sku)), 0)::bigint AS qty_safety,
+       h.as_of
 FROM on_hand h
 LEFT JOIN committed c USING (source_code, sku);
 ALTER TABLE {stg}.stock ADD COLUMN qty_available bigint;

@@ -1,0 +1,1 @@
+"""Benchmarks of the backorder cycle (not part of the importable product package)."""

@@ -1,0 +1,518 @@
+"""Benchmark of the backorder cycle at retail scale: the cycle's stages against a SQL FIFO floor, memory and history.
+
+What is measured (see docs/performance.md):
+
+1. *Prepare* (child processes, not part of the figures of the cycle): the demo generator writes the landing tables
+   (``--open-lines`` lines, ``--skus`` SKUs, 5 sources, 3 channels). The messages received before T0 (all but the
+   last ``--new-share`` of them) are ingested by a first cycle at T0 that sees no stock at all: every backorderable
+   line waits, the others are cancelled. That run is reported as "first ingest". The stock of the demo (its latest
+   level per source and SKU) arrives as one restock just before T1.
+2. *The measured cycle* at T1 (a child process, so that its peak RSS is the cycle's own): the new messages received
+   after T0 plus every waiting line, against the restock. ``cycle.run_cycle`` runs every stage in-process, exactly
+   the DAG's functions without Airflow's task start-up. Repeated ``--repeat`` times (each repeat rewinds T1 first,
+   untimed), medians reported.
+3. *The floor*, on the same database and the same staged input of the measured cycle: a single-statement SQL FIFO
+   allocation (a window function cumulating the open quantity per pool and SKU in priority order, against the pool's
+   stock), and a bare COPY of the cycle's input rows (staged demand and stock) out of PostgreSQL and of its output
+   rows (allocations, line results) into it.
+4. *History*: ``--history-lines`` closed lines (shipped or cancelled orders, their shipment requests and lines,
+   cancellations and backorder attempts, all before T0) are inserted, then T1 is rewound and measured again.
+
+Run: ``python -m bench.benchmark`` (or ``./dev.sh bench``); ``--help`` for the scale flags.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench-results"
+# stage groups of the report, by the names cycle.run_cycle times its stages with
+GROUPS = ["extract", "checks", "allocate", "load", "side_effects", "report"]
+
+
+def stage_group(name: str) -> str:
+    if name in ("begin", "load_files") or name.startswith("extract") or name.startswith("stage_"):
+        return "extract"
+    if name.startswith("check"):
+        return "checks"
+    if name.startswith("allocate") or name in ("prepare_allocation", "list_pools"):
+        return "allocate"
+    if name == "publish":
+        return "load"
+    if name in ("finish", "finish_run"):
+        return "report"
+    return "side_effects"
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------------------------- database
+def bench_database(url: str | None, name: str) -> str:
+    """A fresh database `name` on the server of `url` (default: the embedded server); returns its URL."""
+    import psycopg2
+
+    if url is None:
+        from backorders import embedded_pg
+
+        url = embedded_pg.ensure_database()
+    parts = urlsplit(url)
+    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _child(args: list[str], timeout: float = 3600) -> dict:
+    """Run `python -m bench.benchmark <args>` in a new process; return the JSON it prints last."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "bench.benchmark", *args], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {args[0]} failed (exit {proc.returncode}): {proc.stdout[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+def landing_for_benchmark(data, new_share: float):
+    """The demo's landing data arranged for the benchmark: T0, T1 and the frames to write.
+
+    T0: the time by which all but the last `new_share` of the messages are received. T1: one hour after the last
+    message (whole hour). Stock: the latest level of each (source, SKU) of the demo, as of T1 - 30 minutes, so the
+    first cycle at T0 sees no stock and the cycle at T1 sees a restock.
+    """
+    import pandas as pd
+
+    msgs = data.order_messages
+    received = pd.to_datetime(msgs["received_at"], utc=True)
+    t0 = received.quantile(1.0 - new_share).ceil("min").to_pydatetime()
+    t1 = (received.max() + pd.Timedelta(hours=1)).ceil("h").to_pydatetime()
+    stock = data.stock_levels.sort_values("as_of", kind="stable").drop_duplicates(["source_code", "sku"], keep="last")
+    at = pd.Timestamp(t1 - timedelta(minutes=30))
+    stock = stock.assign(as_of=at, received_at=at).reset_index(drop=True)
+    data.stock_levels = stock
+    return t0, t1, data
+
+
+def prepare(url: str, open_lines: int, skus: int, days: int, seed: int, new_share: float) -> dict:
+    """Generate the demo and write the landing tables (runs in its own process: the generator's memory is not the cycle's)."""
+    from backorders import db, demo_data, schema
+
+    schema.upgrade(url)
+    started = time.perf_counter()
+    data = demo_data.generate_demo(open_lines, seed=seed, days=days, n_skus=skus)
+    gen = time.perf_counter() - started
+    t0, t1, data = landing_for_benchmark(data, new_share)
+    started = time.perf_counter()
+    with db.transaction(url) as conn:
+        counts = demo_data.write_landing(conn, data)
+    with db.transaction(url) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE landing.order_messages, landing.stock_levels, landing.catalog_items")
+    return {"t0": t0.isoformat(), "t1": t1.isoformat(), "generate_seconds": round(gen, 2),
+            "write_landing_seconds": round(time.perf_counter() - started, 2), "landing_rows": counts,
+            "generator_peak_rss_mb": round(_maxrss_mb(), 1)}
+
+
+# ----------------------------------------------------------------------------------------------- cycle
+def measure_cycle(url: str, t: str, keep_staging: bool) -> dict:
+    """One cycle at T in this process (a child of the benchmark): per-stage seconds, wall time, peak RSS."""
+    from backorders import cycle
+    from backorders.rules import load_rules
+
+    rules = load_rules()
+    import backorders.allocation, backorders.messages, backorders.notifications  # noqa: F401  (imports not timed)
+
+    rss_before = _maxrss_mb()
+    started = time.perf_counter()
+    summary = cycle.run_cycle(url, t, rules=rules, keep_staging=keep_staging)
+    wall = time.perf_counter() - started
+    return {"wall_seconds": round(wall, 3), "seconds": summary["seconds"], "peak_rss_mb": round(_maxrss_mb(), 1),
+            "rss_after_imports_mb": round(rss_before, 1),
+            "summary": {k: v for k, v in summary.items() if k != "seconds"}}
+
+
+def rewind(url: str, t: str) -> None:
+    """Undo the run at T (untimed): begin_run rewinds it; then the opened run is removed again."""
+    from backorders import cycle, db
+
+    from backorders import run_lock
+
+    cycle.begin_run(url, t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        run_lock.release(cur, cycle.as_run_time(t))
+        cur.execute("DELETE FROM oms.pipeline_runs WHERE run_at = %s", (cycle.as_run_time(t),))
+        cur.execute(f"DROP SCHEMA IF EXISTS {cycle.staging_schema(cycle.as_run_time(t))} CASCADE")
+
+
+def vacuum_analyze(url: str) -> None:
+    """What autovacuum would have done between runs: visibility maps and statistics of the oms tables."""
+    from backorders import db
+
+    conn = db.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'oms'")
+        for (table,) in cur.fetchall():
+            cur.execute(f"VACUUM ANALYZE oms.{table}")
+    conn.close()
+
+
+# ----------------------------------------------------------------------------------------------- floor
+FIFO_SQL = """
+CREATE TABLE {stg}.floor_fifo AS
+WITH pool_sources AS (
+    SELECT DISTINCT p.pool, unnest(c.sources) AS source_code FROM {stg}.pools p JOIN {stg}.channels c USING (store)
+),
+supply AS (
+    SELECT ps.pool, s.sku, sum(s.qty_available) AS qty
+    FROM {stg}.stock s JOIN pool_sources ps USING (source_code) GROUP BY ps.pool, s.sku
+),
+d AS (
+    SELECT d.pool, d.order_id, d.line_id, d.sku, d.qty_open,
+           sum(d.qty_open) OVER (PARTITION BY d.pool, d.sku
+                                 ORDER BY d.priority_tier, d.origin_date, d.order_id COLLATE "C", d.line_number,
+                                          d.line_id COLLATE "C"
+                                 ROWS UNBOUNDED PRECEDING) AS cum
+    FROM {stg}.demand d
+)
+SELECT d.pool, d.order_id, d.line_id, d.sku, d.qty_open,
+       least(d.qty_open, greatest(coalesce(s.qty, 0) - (d.cum - d.qty_open), 0))::bigint AS qty_allocated
+FROM d LEFT JOIN supply s USING (pool, sku)
+"""
+
+
+def fifo_floor(conn, stg: str) -> float:
+    """Seconds of the single-statement SQL FIFO allocation of the staged demand against the staged stock."""
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {stg}.floor_fifo")
+        started = time.perf_counter()
+        cur.execute(FIFO_SQL.replace("{stg}", stg))
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def copy_floor(conn, stg: str) -> dict:
+    """Seconds of a bare COPY of the cycle's input rows out (demand, stock) and of its output rows in."""
+    out = {}
+    with conn.cursor() as cur:
+        started = time.perf_counter()
+        for table in ("demand", "stock"):
+            buf = io.StringIO()
+            cur.copy_expert(f"COPY {stg}.{table} TO STDOUT WITH (FORMAT csv)", buf)
+        out["copy_out"] = time.perf_counter() - started
+        bufs = {}
+        for table in ("allocations", "line_results"):
+            bufs[table] = io.StringIO()
+            cur.copy_expert(f"COPY {stg}.{table} TO STDOUT WITH (FORMAT csv)", bufs[table])
+            cur.execute(f"DROP TABLE IF EXISTS {stg}.floor_{table}; "
+                        f"CREATE TABLE {stg}.floor_{table} (LIKE {stg}.{table})")
+        conn.commit()
+        started = time.perf_counter()
+        for table, buf in bufs.items():
+            buf.seek(0)
+            cur.copy_expert(f"COPY {stg}.floor_{table} FROM STDIN WITH (FORMAT csv)", buf)
+        conn.commit()
+        out["copy_in"] = time.perf_counter() - started
+    out["copy"] = out["copy_out"] + out["copy_in"]
+    return out
+
+
+def measure_floor(url: str, t: str, repeat: int) -> dict:
+    from backorders import cycle, db
+
+    stg = cycle.staging_schema(cycle.as_run_time(t))
+    conn = db.connect(url)
+    try:
+        fifo = [fifo_floor(conn, stg) for _ in range(repeat)]
+        copies = [copy_floor(conn, stg) for _ in range(repeat)]
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*), coalesce(sum(qty_allocated), 0) FROM {stg}.floor_fifo")
+            rows, qty = cur.fetchone()
+            cur.execute(f"SELECT (SELECT count(*) FROM {stg}.demand), (SELECT count(*) FROM {stg}.stock), "
+                        f"(SELECT count(*) FROM {stg}.allocations), (SELECT count(*) FROM {stg}.line_results)")
+            sizes = dict(zip(["demand", "stock", "allocations", "line_results"], cur.fetchone()))
+    finally:
+        conn.close()
+    return {"sql_fifo": statistics.median(fifo), "sql_fifo_runs": [round(x, 3) for x in fifo],
+            "copy": statistics.median(c["copy"] for c in copies),
+            "copy_out": statistics.median(c["copy_out"] for c in copies),
+            "copy_in": statistics.median(c["copy_in"] for c in copies),
+            "fifo_lines": int(rows), "fifo_qty_allocated": int(qty), "rows": sizes}
+
+
+# ----------------------------------------------------------------------------------------------- history
+HISTORY_SQL = """
+SET LOCAL session_replication_role = replica;   -- generated consistent: skip the per-row foreign-key triggers
+CREATE TEMP TABLE hist_skus ON COMMIT DROP AS
+SELECT row_number() OVER (ORDER BY sku) - 1 AS i, sku FROM (SELECT DISTINCT sku FROM landing.catalog_items) s;
+CREATE TEMP TABLE hist_orders ON COMMIT DROP AS
+SELECT o, 'H' || lpad(o::text, 10, '0') AS order_id,
+       (array['US_WEB', 'US_B2B', 'EU_WEB'])[1 + o %% 3] AS store,
+       (array['WH_PDX', 'WH_DAL', 'WH_KOELN'])[1 + o %% 3] AS source_code,
+       %(before)s::timestamptz - interval '3 days' - interval '400 days' * (1 - o::float8 / %(n_orders)s) AS origin,
+       o %% 20 = 0 AS cancelled
+FROM generate_series(1, %(n_orders)s) o;
+INSERT INTO oms.orders (order_id, store, origin_date, customer_id, customer_email, customer_name, language,
+                        country_code, payment_method, currency, authorized_amount, priority_tier, ship_by_date,
+                        status, message_id, content_hash, raw_order, created_run_at, updated_at)
+SELECT order_id, store, origin, 'C' || (o %% 400000), 'customer' || (o %% 400000) || '@example.com',
+       'Customer ' || (o %% 400000), 'en', CASE WHEN store = 'EU_WEB' THEN 'DE' ELSE 'US' END, 'CREDIT_CARD',
+       CASE WHEN store = 'EU_WEB' THEN 'EUR' ELSE 'USD' END, 59.90, 2, origin + interval '3 days',
+       CASE WHEN cancelled THEN 'CANCELLED' ELSE 'SHIPPED' END, -o, md5(order_id),
+       jsonb_build_object('id', order_id, 'store', store, 'origin_date', origin, 'currency', 'USD',
+                          'customer', jsonb_build_object('id', 'C' || (o %% 400000), 'type', 'B2C'),
+                          'lines', jsonb_build_array(jsonb_build_object('id', order_id || '-1', 'quantity', 1),
+                                                     jsonb_build_object('id', order_id || '-2', 'quantity', 1))),
+       origin + interval '1 hour', origin + interval '1 day'
+FROM hist_orders ORDER BY o;
+INSERT INTO oms.order_lines (order_id, line_id, line_number, sku, product_name, qty_ordered, qty_shipped,
+                             qty_cancelled, status, backorderable, backorder_decided_by, gross_amount, net_amount,
+                             tax_amount, created_run_at, updated_at)
+SELECT h.order_id, h.order_id || '-' || k, k, s.sku, 'Product ' || s.sku, q,
+       CASE WHEN h.cancelled THEN 0 ELSE q END, CASE WHEN h.cancelled THEN q ELSE 0 END,
+       CASE WHEN h.cancelled THEN 'CANCELLED' ELSE 'SHIPPED' END, NOT h.cancelled,
+       CASE WHEN h.cancelled THEN 'catalog' ELSE 'channel' END, 29.95 * q, 25.17 * q, 4.78 * q,
+       h.origin + interval '1 hour', h.origin + interval '1 day'
+FROM hist_orders h CROSS JOIN generate_series(1, %(per_order)s) k
+JOIN hist_skus s ON s.i = (h.o * 7 + k * 13) %% (SELECT count(*) FROM hist_skus)
+CROSS JOIN LATERAL (SELECT 1 + (h.o + k) %% 3 AS q) qq
+ORDER BY h.o, k;
+INSERT INTO oms.shipment_requests (shipment_request_id, order_id, source_code, shipment_number, requested_at, status,
+                                   shipped_at, shipped_run_at)
+SELECT 'SR-' || order_id || '-1', order_id, source_code, 1, origin + interval '9 hours', 'SHIPPED',
+       origin + interval '21 hours', origin + interval '1 day'
+FROM hist_orders WHERE NOT cancelled ORDER BY o;
+INSERT INTO oms.shipment_request_lines (shipment_request_id, order_id, line_id, sku, quantity)
+SELECT 'SR-' || l.order_id || '-1', l.order_id, l.line_id, l.sku, l.qty_ordered
+FROM oms.order_lines l WHERE l.order_id LIKE 'H%%' AND l.status = 'SHIPPED' ORDER BY l.order_id, l.line_id;
+INSERT INTO oms.line_cancellations (order_id, line_id, run_at, quantity, kind, reason)
+SELECT l.order_id, l.line_id, l.created_run_at, l.qty_ordered, 'NOT_BACKORDERABLE', 'not backorderable'
+FROM oms.order_lines l WHERE l.order_id LIKE 'H%%' AND l.status = 'CANCELLED' ORDER BY l.order_id, l.line_id;
+-- one line in five waited once before it shipped
+INSERT INTO oms.backorder_attempts (order_id, line_id, checked_at, qty_needed, qty_available, qty_allocated,
+                                    qty_backordered, qty_held, qty_cancelled, outcome, reason)
+SELECT l.order_id, l.line_id, l.created_run_at, l.qty_ordered, 0, 0, l.qty_ordered, 0, 0, 'NO_STOCK',
+       'no stock at any source of the channel'
+FROM oms.order_lines l WHERE l.order_id LIKE 'H%%' AND l.status = 'SHIPPED' AND hashtext(l.line_id) %% 5 = 0
+ORDER BY l.order_id, l.line_id;
+"""
+
+
+def add_history(url: str, lines: int, before: str) -> dict:
+    """Insert `lines` closed order lines (2 per order) from before T0, with their events; untimed in the figures."""
+    from backorders import db
+
+    per_order = 2
+    started = time.perf_counter()
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        cur.execute(HISTORY_SQL, {"before": before, "n_orders": max(1, lines // per_order), "per_order": per_order})
+        cur.execute("""SELECT (SELECT count(*) FROM oms.orders), (SELECT count(*) FROM oms.order_lines),
+                              (SELECT count(*) FROM oms.shipment_request_lines),
+                              (SELECT count(*) FROM oms.backorder_attempts)""")
+        counts = dict(zip(["orders", "order_lines", "shipment_request_lines", "backorder_attempts"], cur.fetchone()))
+    insert = time.perf_counter() - started
+    vacuum_analyze(url)
+    return {"history_lines": lines, "insert_seconds": round(insert, 1),
+            "vacuum_seconds": round(time.perf_counter() - started - insert, 1), "table_rows_after": counts}
+
+
+# ----------------------------------------------------------------------------------------------- report
+def grouped(seconds: dict) -> dict:
+    out = dict.fromkeys(GROUPS, 0.0)
+    for name, s in seconds.items():
+        out[stage_group(name)] += s
+    return out
+
+
+def median_runs(runs: list[dict]) -> dict:
+    stages = sorted({k for r in runs for k in r["seconds"]})
+    groups = [grouped(r["seconds"]) for r in runs]
+    return {
+        "cycle": statistics.median(r["wall_seconds"] for r in runs),
+        "stages": {k: statistics.median(r["seconds"].get(k, 0.0) for r in runs) for k in stages},
+        "groups": {g: statistics.median(x[g] for x in groups) for g in GROUPS},
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "runs": runs,
+    }
+
+
+def report_table(res: dict) -> str:
+    floor = res["floor"]["sql_fifo"]
+    rows = [("floor: SQL FIFO (1 statement)", floor), ("floor: COPY in + out", res["floor"]["copy"])]
+    m = res["cycle"]
+    rows += [(f"stage {g}", m["groups"][g]) for g in GROUPS]
+    rows += [("whole cycle", m["cycle"])]
+    if res.get("history_cycle"):
+        rows += [(f"whole cycle + {res['history']['history_lines']:,} history lines", res["history_cycle"]["cycle"])]
+    if res.get("first_ingest"):
+        rows += [("first ingest (cycle at T0, not a target)", res["first_ingest"]["wall_seconds"])]
+    width = max(len(r[0]) for r in rows)
+    out = [f"{'figure'.ljust(width)}  {'seconds':>9}  {'x floor':>8}", "-" * (width + 21)]
+    out += [f"{name.ljust(width)}  {s:9.2f}  {s / floor if floor else float('nan'):8.2f}" for name, s in rows]
+    t = res["targets"]
+    out += ["", f"demand lines {res['floor']['rows']['demand']:,}, stock rows {res['floor']['rows']['stock']:,}, "
+                f"peak RSS of the cycle {m['peak_rss_mb']:.0f} MB"]
+    out += [f"target {k}: {v['value']:.2f} (limit {v['limit']}) {'OK' if v['met'] else 'NOT MET'}" for k, v in t.items()]
+    return "\n".join(out)
+
+
+def targets(res: dict) -> dict:
+    floor = res["floor"]["sql_fifo"]
+    m = res["cycle"]
+    out = {
+        "allocate_vs_fifo": {"value": m["groups"]["allocate"] / floor, "limit": 3.0},
+        "cycle_vs_fifo": {"value": m["cycle"] / floor, "limit": 10.0},
+        "peak_rss_gb": {"value": m["peak_rss_mb"] / 1024, "limit": 2.0},
+    }
+    if res.get("history_cycle"):
+        out["history_ratio"] = {"value": res["history_cycle"]["cycle"] / m["cycle"], "limit": 1.2}
+    for v in out.values():
+        v["met"] = v["value"] <= v["limit"] if v["limit"] != 2.0 else v["value"] < v["limit"]
+    return out
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        info["memory_gb"] = round(int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
+                                  / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- main
+def run(args, out: Path) -> dict:
+    url = bench_database(args.url, args.database)
+    skus = args.skus or max(200, args.open_lines // 5)
+    res: dict = {"command": " ".join(["python -m bench.benchmark", *sys.argv[1:]]), "machine": machine(),
+                 "scale": {"open_lines_requested": args.open_lines, "skus": skus, "days": args.days, "seed": args.seed,
+                           "new_share": args.new_share, "history_lines": args.history_lines,
+                           "repeat": args.repeat},
+                 "started_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _say(f"preparing {args.open_lines:,} lines, {skus:,} SKUs in {url}")
+    prep = _child(["_prepare", "--url", url, "--open-lines", str(args.open_lines), "--skus", str(skus),
+                   "--days", str(args.days), "--seed", str(args.seed), "--new-share", str(args.new_share)])
+    res["prepare"] = prep
+    t0, t1 = prep["t0"], prep["t1"]
+    _say(f"generated in {prep['generate_seconds']} s; first ingest at T0 {t0}")
+    res["first_ingest"] = _child(["_cycle", "--url", url, "--t", t0])
+    _save(out, res)
+    _say(f"first ingest {res['first_ingest']['wall_seconds']} s: {res['first_ingest']['summary']}")
+    vacuum_analyze(url)
+
+    runs = []
+    for i in range(args.repeat):
+        if i:
+            rewind(url, t1)
+        runs.append(_child(["_cycle", "--url", url, "--t", t1] + (["--keep-staging"] if i == 0 else [])))
+        _say(f"cycle at T1 {runs[-1]['wall_seconds']} s {runs[-1]['seconds']}")
+        if i == 0:
+            res["floor"] = measure_floor(url, t1, args.repeat)
+            _say(f"floor: {res['floor']}")
+    res["cycle"] = median_runs(runs)
+    _save(out, res)
+
+    if args.history_lines:
+        rewind(url, t1)
+        _say(f"adding {args.history_lines:,} closed lines of history")
+        res["history"] = add_history(url, args.history_lines, t0)
+        _save(out, res)
+        _say(f"history: {res['history']}")
+        hruns = []
+        for i in range(args.repeat):
+            rewind(url, t1)
+            hruns.append(_child(["_cycle", "--url", url, "--t", t1]))
+            _say(f"cycle at T1 with history {hruns[-1]['wall_seconds']} s {hruns[-1]['seconds']}")
+        res["history_cycle"] = median_runs(hruns)
+    res["targets"] = targets(res)
+    res["finished_at_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not args.keep_database:
+        bench_database_drop(url)
+    return res
+
+
+def _save(out: Path, res: dict) -> None:
+    """Write the results so far (a long run leaves its figures even if stopped later)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str))
+
+
+def bench_database_drop(url: str) -> None:
+    import psycopg2
+
+    parts = urlsplit(url)
+    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+    admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_prepare":
+        p = argparse.ArgumentParser()
+        p.add_argument("_"); p.add_argument("--url"); p.add_argument("--open-lines", type=int)
+        p.add_argument("--skus", type=int); p.add_argument("--days", type=int); p.add_argument("--seed", type=int)
+        p.add_argument("--new-share", type=float)
+        a = p.parse_args(argv)
+        print(json.dumps(prepare(a.url, a.open_lines, a.skus, a.days, a.seed, a.new_share)))
+        return 0
+    if argv and argv[0] == "_cycle":
+        p = argparse.ArgumentParser()
+        p.add_argument("_"); p.add_argument("--url"); p.add_argument("--t"); p.add_argument("--keep-staging",
+                                                                                            action="store_true")
+        a = p.parse_args(argv)
+        print(json.dumps(measure_cycle(a.url, a.t, a.keep_staging), default=str))
+        return 0
+
+    p = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--open-lines", type=int, default=1_000_000, help="lines of the demo (default 1,000,000)")
+    p.add_argument("--skus", type=int, default=None, help="SKUs (default open lines / 5: 200,000 at 1M)")
+    p.add_argument("--history-lines", type=int, default=10_000_000, help="closed lines of history (0: skip)")
+    p.add_argument("--repeat", type=int, default=3, help="measured cycles (medians reported)")
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--new-share", type=float, default=0.02,
+                   help="share of the messages received after T0: the new orders of the measured cycle")
+    p.add_argument("--url", default=None, help="server URL (default: the embedded PostgreSQL)")
+    p.add_argument("--database", default="backorders_bench", help="database created (dropped first) for the run")
+    p.add_argument("--keep-database", action="store_true")
+    p.add_argument("--out", default=None, help="JSON file (default bench-results/bench-<lines>-<time>.json)")
+    args = p.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"bench-{args.open_lines}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    res = run(args, out)
+    _save(out, res)
+    print(report_table(res))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
