@@ -10,12 +10,13 @@ WITH on_hand AS (
     SELECT DISTINCT ON (s.sku, s.source_code) s.source_code, s.sku, s.quantity
     FROM landing.stock_levels s
     WHERE s.as_of <= %(t)s AND s.received_at <= %(t)s
+      AND {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) IS NULL   -- quarantined rows never count
     ORDER BY s.sku, s.source_code, s.as_of DESC, s.received_at DESC
 ),
 catalog AS (
     SELECT DISTINCT ON (sku) sku, backorders_allowed, restock_lead_days
     FROM landing.catalog_items
-    WHERE updated_at IS NULL OR updated_at <= %(t)s
+    WHERE (updated_at IS NULL OR updated_at <= %(t)s) AND nullif(trim(sku), '') IS NOT NULL
     ORDER BY sku, updated_at DESC NULLS LAST
 ),
 skus AS (SELECT sku FROM on_hand UNION SELECT sku FROM catalog),
