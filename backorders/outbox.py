@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from backorders.ftc import add_working_days  # one working-day calendar for every refund due date
 from backorders import db
 from backorders.rules import Rules, load_rules
 
@@ -53,20 +54,6 @@ def is_deliverable(t: datetime, now: datetime | None = None, window_days: float 
 
 def payment_request_id(key: str) -> str:
     return "PR-" + hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def add_working_days(t: datetime, days: int, tz: str = "UTC") -> datetime:
-    """T plus a number of working days (Monday to Friday), counted on the calendar of the time zone, same local time.
-    From a Saturday or Sunday the count starts on the Monday."""
-    local = t.astimezone(ZoneInfo(tz))
-    day = local.date()
-    left = days
-    while left > 0:
-        day += timedelta(days=1)
-        if day.weekday() < 5:
-            left -= 1
-    due = datetime.combine(day, local.timetz().replace(tzinfo=None), tzinfo=ZoneInfo(tz))
-    return due.astimezone(timezone.utc)
 
 
 def _money(value, digits: int) -> str:
