@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-import numpy as np
 import pandas as pd
 
 from backorders import db, run_lock, schema

@@ -6,7 +6,7 @@ import json
 import os
 from contextlib import contextmanager
 from typing import Iterator, Sequence
-from urllib.parse import quote, unquote, urlsplit, parse_qs
+from urllib.parse import quote, unquote, urlsplit
 
 import psycopg2
 import psycopg2.extensions

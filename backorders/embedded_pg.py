@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
-from urllib.parse import quote
 
 from backorders.settings import CONN_ENV, EMBEDDED_PGDATA
 

@@ -16,7 +16,6 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from backorders.ftc import add_working_days  # one working-day calendar for every refund due date
 from backorders import db
