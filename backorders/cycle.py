@@ -228,7 +228,21 @@ ORDER BY m.message_id
 
 def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
     """Parse the order messages received up to T and not yet consumed into new orders and lines; quarantine the rest."""
+    import numpy as np
+
     from backorders.messages import parse_messages
+
+    def _timestamps_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+        # The UTC timestamp columns as ISO 8601 text (NaT: None), the values copy_frame would write, formatted in one
+        # vectorized call instead of a strftime per value (the bulk of the COPY's cost).
+        text = {}
+        for column, dtype in frame.dtypes.items():
+            if isinstance(dtype, pd.DatetimeTZDtype):
+                values = frame[column].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+                iso = np.datetime_as_string(values, unit="us", timezone="UTC").astype(object)
+                iso[np.isnat(values)] = None
+                text[column] = iso
+        return frame.assign(**text) if text else frame
 
     t = as_run_time(t)
     rules = rules or load_rules()
@@ -314,11 +328,12 @@ def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
         line_cols = ["order_id", "line_id", "line_number", "sku", "product_name", "qty_ordered", "qty_held", "status",
                      "backorderable", "backorder_decided_by", "auto_cancel_at", "gross_amount", "net_amount",
                      "tax_amount", "promise_delivery_date", "created_run_at", "updated_at"]
-        db.copy_frame(conn, good, f"{stg}.new_orders", order_cols)
-        db.copy_frame(conn, lines, f"{stg}.new_lines", line_cols)
-        db.copy_frame(conn, quarantine, f"{stg}.quarantine",
-                      ["quarantine_id", "source", "source_ref", "received_at", "reason", "raw", "run_at"])
-        db.copy_frame(conn, consumed, f"{stg}.consumed", ["message_id", "run_at", "outcome", "order_id"])
+        db.copy_frame(conn, _timestamps_as_text(good[order_cols]), f"{stg}.new_orders", order_cols)
+        db.copy_frame(conn, _timestamps_as_text(lines[line_cols]), f"{stg}.new_lines", line_cols)
+        quarantine_cols = ["quarantine_id", "source", "source_ref", "received_at", "reason", "raw", "run_at"]
+        db.copy_frame(conn, _timestamps_as_text(quarantine[quarantine_cols]), f"{stg}.quarantine", quarantine_cols)
+        consumed_cols = ["message_id", "run_at", "outcome", "order_id"]
+        db.copy_frame(conn, _timestamps_as_text(consumed[consumed_cols]), f"{stg}.consumed", consumed_cols)
     figures = {"messages_in": len(msgs), "orders_created": len(good), "lines_created": len(lines),
                "messages_quarantined": len(quarantine), "messages_duplicate": len(dupes)}
     log.info("extract orders at %s: %s", t.isoformat(), figures)
@@ -375,7 +390,7 @@ def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
         _add_unlisted_stores(cur, stg, rules)
         cur.execute(_sql("stage_demand", stg), {"t": t})
         cur.execute(_sql("stage_confirmations", stg), {"t": t})
-        cur.execute(_sql("stage_stock", stg), {"t": t})
+        cur.execute(_sql("stage_stock", stg), {"t": t, "sources": sorted(rules.sources)})
         cur.execute(f"ANALYZE {stg}.demand; ANALYZE {stg}.stock")
         figures = {
             "demand_lines": _counts(cur, f"SELECT count(*) FROM {stg}.demand"),
@@ -463,6 +478,11 @@ def prepare_allocation(url: str, t) -> None:
         """)
 
 
+# the columns of {stg}.demand the engine reads (stage_demand.sql)
+DEMAND_COLUMNS = ("order_id, line_id, line_number, sku, store, pool, priority_tier, origin_date, qty_open, backorderable, "
+                  "shipments_used, is_new")
+
+
 def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
     """Allocate one stock pool: read its demand and stock from staging, run the engine, write the results back."""
     from backorders.allocation import ChannelPolicy, allocate_pool
@@ -472,7 +492,7 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
     stg = staging_schema(t)
     started = time.perf_counter()
     with db.transaction(url) as conn, conn.cursor() as cur:
-        demand = db.read_frame(conn, f"SELECT * FROM {stg}.demand WHERE pool = %(p)s", {"p": pool},
+        demand = db.read_frame(conn, f"SELECT {DEMAND_COLUMNS} FROM {stg}.demand WHERE pool = %(p)s", {"p": pool},
                                dtypes={"order_id": "object", "line_id": "object", "sku": "object", "store": "object",
                                        "pool": "object", "backorderable": "object", "is_new": "object"},
                                parse_dates=["origin_date"])
@@ -543,69 +563,10 @@ def queue_notifications(url: str, t, rules: Rules | None = None) -> dict:
 
     t = as_run_time(t)
     rules = rules or load_rules()
-    with db.transaction(url) as conn, conn.cursor() as cur:
-        bo = db.read_frame(conn, """
-            SELECT l.order_id, l.line_id, l.line_number, l.sku, l.product_name, l.qty_backordered,
-                   o.customer_email, o.customer_name, o.language, o.store, o.ship_by_date,
-                   (SELECT c.restock_lead_days FROM landing.catalog_items c WHERE c.sku = l.sku
-                      AND (c.updated_at IS NULL OR c.updated_at <= %(t)s) ORDER BY c.updated_at DESC NULLS LAST LIMIT 1)
-                      AS restock_lead_days
-            FROM oms.order_lines l JOIN oms.orders o USING (order_id)
-            WHERE l.is_backorder AND l.backordered_since = %(t)s
-              AND NOT EXISTS (SELECT 1 FROM oms.notification_lines n
-                              WHERE n.kind = 'BACKORDER_NOTICE' AND n.order_id = l.order_id AND n.line_id = l.line_id)
-            ORDER BY l.order_id, l.line_number""", {"t": t},
-            dtypes={"order_id": "object", "line_id": "object", "sku": "object", "product_name": "object",
-                    "customer_email": "object", "customer_name": "object", "language": "object", "store": "object"},
-            parse_dates=["ship_by_date"])
-        cancelled = db.read_frame(conn, """
-            SELECT c.order_id, c.line_id, l.line_number, l.sku, l.product_name, c.quantity AS qty_cancelled, c.kind,
-                   c.reason, o.customer_email, o.customer_name, o.language, o.store, o.ship_by_date
-            FROM oms.line_cancellations c JOIN oms.order_lines l USING (order_id, line_id) JOIN oms.orders o USING (order_id)
-            WHERE c.run_at = %(t)s ORDER BY c.order_id, l.line_number""", {"t": t},
-            dtypes={"order_id": "object", "line_id": "object", "sku": "object", "product_name": "object",
-                    "customer_email": "object", "customer_name": "object", "language": "object", "store": "object",
-                    "reason": "object", "kind": "object"},
-            parse_dates=["ship_by_date"])
-        rows, links = [], []
-        for kind, frame in (("BACKORDER_NOTICE", bo), ("CANCELLATION_NOTICE", cancelled)):
-            for order_id, g in frame.groupby("order_id", sort=True):
-                first = g.iloc[0]
-                lines = []
-                for rec in g.to_dict("records"):
-                    rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
-                    rec["expected_by"] = nt.expected_by(t, rec.get("restock_lead_days"))
-                    rec["reason_text"] = "not in stock and not available on backorder" \
-                        if rec.get("kind") == "NOT_BACKORDERABLE" else (rec.get("reason") or "cancelled")
-                    lines.append(rec)
-                store = first["store"]
-                order = {"order_id": order_id, "customer_name": _none(first["customer_name"]),
-                         "ftc_rule": rules.channel(store).ftc_rule,
-                         "ship_by": first["ship_by_date"].date().isoformat() if pd.notna(first["ship_by_date"]) else None}
-                mail = nt.render(kind, _none(first["language"]), {"order": order, "lines": lines})
-                key = nt.idempotency_key(kind, order_id, t)
-                nid = nt.notification_id(key)
-                rows.append((nid, key, order_id, kind, first["customer_email"], mail["subject"], mail["txt"],
-                             mail["html"], _none(first["language"]), t))
-                links.extend((nid, kind, order_id, lid) for lid in g["line_id"])
-        if rows:
-            from psycopg2.extras import execute_values
-
-            execute_values(cur, """
-                INSERT INTO oms.notifications (notification_id, idempotency_key, order_id, kind, recipient, subject,
-                    body, body_html, language, created_at) VALUES %s ON CONFLICT (idempotency_key) DO NOTHING""",
-                rows, page_size=1000)
-            execute_values(cur, "INSERT INTO oms.notification_lines VALUES %s ON CONFLICT DO NOTHING",
-                           links, page_size=5000)
-    figures = {"emails_queued": len(rows),
-               "backorder_notices": int(bo["order_id"].nunique()) if len(bo) else 0,
-               "cancellation_notices": int(cancelled["order_id"].nunique()) if len(cancelled) else 0}
+    with db.transaction(url) as conn:
+        figures = nt.queue_notices(conn, t, rules)
     log.info("queued notifications at %s: %s", t.isoformat(), figures)
     return figures
-
-
-def _none(v):
-    return None if v is None or (isinstance(v, float) and v != v) or v is pd.NA else v
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -96,17 +96,68 @@ def read_frame(conn, sql: str, params: dict | Sequence | None = None, dtypes: di
 
 
 def copy_frame(conn, frame, table: str, columns: Sequence[str] | None = None) -> int:
-    """Append a frame to a table with COPY ... FROM STDIN; returns the row count. Table and column names are ours, not input."""
+    """Append a frame to a table with COPY ... FROM STDIN; returns the row count. Table and column names are ours, not input.
+
+    Columns are turned into COPY text column-wise (numpy and pandas string operations, see _copy_text); the rows are
+    then joined once. Missing values (None, NaN, NaT, NA) are NULL."""
     columns = list(columns or frame.columns)
     if len(frame) == 0:
         return 0
+    texts = [_copy_text(frame[c]) for c in columns]
     buf = io.StringIO()
-    frame[columns].to_csv(buf, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+    buf.write("\n".join(map("\t".join, zip(*texts))))
+    buf.write("\n")
     buf.seek(0)
     cols = ", ".join(f'"{c}"' for c in columns)
     with conn.cursor() as cur:
-        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
+        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT text)", buf)
     return len(frame)
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _copy_text(col) -> list[str]:
+    """One column as COPY text-format fields: \\N for missing, backslash escapes in strings, ISO 8601 timestamps."""
+    import numpy as np
+    import pandas as pd
+
+    dtype = col.dtype
+    if pd.api.types.is_bool_dtype(dtype) and not isinstance(dtype, pd.BooleanDtype):
+        return np.where(col.to_numpy(), "t", "f").tolist()
+    if pd.api.types.is_integer_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        return col.to_numpy().astype(str).tolist()
+    missing = col.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        out = col.dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z").to_numpy(dtype=object, na_value=None)
+    elif pd.api.types.is_float_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        out = col.to_numpy().astype(str).astype(object)          # repr of each float ('2.0'), as to_csv wrote them
+    elif pd.api.types.is_integer_dtype(dtype):                   # nullable integers
+        out = np.array([str(v) for v in col.to_numpy(dtype=object, na_value=0)], dtype=object)
+    else:
+        out = col.to_numpy(dtype=object)
+        out = np.array([v if type(v) is str else _scalar_text(v) for v in out], dtype=object)
+        text = pd.Series(out[~missing], dtype=object)
+        if len(text) and text.str.contains(r"[\\\t\n\r]", regex=True).any():
+            for k, v in _ESCAPES.items():
+                text = text.str.replace(k, v, regex=False)
+            out[~missing] = text.to_numpy(dtype=object)
+    if missing.any():
+        out = np.where(missing, "\\N", out)
+    return out.tolist()
+
+
+def _scalar_text(v) -> str:
+    """A non-string scalar of an object column as COPY text (booleans as t/f, timestamps ISO 8601)."""
+    import datetime as _dt
+
+    if v is None:
+        return "\\N"
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if isinstance(v, (_dt.datetime, _dt.date)):
+        return v.isoformat()
+    return str(v)
 
 
 def url_from_parts(host: str | None, port: int | None, login: str | None, password: str | None,

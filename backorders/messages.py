@@ -72,8 +72,12 @@ import hashlib
 import json
 import math
 import re
+import threading
+import types
+import typing
 from dataclasses import dataclass
 from json.decoder import scanstring as _scanstring
+from types import SimpleNamespace
 from typing import Annotated, Any, Callable
 
 import pandas as pd
@@ -165,6 +169,8 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _char_problem(text: str, pattern: re.Pattern = _CONTROL) -> str | None:
+    if text.isprintable():  # both patterns match only characters that are not printable (Cc, Zl, Zp, Cs)
+        return None
     match = pattern.search(text)
     if match is None:
         return None
@@ -186,7 +192,12 @@ def _fail(message: str) -> PydanticCustomError:
 # field validators (used as pydantic BeforeValidators)
 # --------------------------------------------------------------------------
 
+# Fast paths: a printable str (str.isprintable) has no control character and no white space but " ", so the
+# common case is decided by one C call; anything else goes through the full checks, which word the problem.
+
 def _v_identifier(value: Any) -> str:
+    if type(value) is str and value.isprintable() and value and value[0] != " " and value[-1] != " ":
+        return value
     if not isinstance(value, str) or value == "":
         raise _fail(f"expected a non-empty string, got {_render(value)}")
     problem = _char_problem(value)
@@ -212,8 +223,8 @@ def _v_name(value: Any) -> str:
 
 
 def _v_opt_text(value: Any) -> str | None:
-    if value is None:
-        return None
+    if value is None or (type(value) is str and value.isprintable()):
+        return value
     if not isinstance(value, str):
         raise _fail(f"expected a string or null, got {_render(value)}")
     problem = _char_problem(value)
@@ -223,8 +234,8 @@ def _v_opt_text(value: Any) -> str | None:
 
 
 def _v_opt_reference(value: Any) -> str | None:
-    if value is None:
-        return None
+    if value is None or (type(value) is str and value and value.isprintable()):
+        return value
     if not isinstance(value, str) or value == "":
         raise _fail(f"expected a non-empty string or null, got {_render(value)}")
     problem = _char_problem(value)
@@ -261,8 +272,8 @@ def _v_opt_currency(value: Any) -> str | None:
 
 
 def _v_opt_number(value: Any) -> float | None:
-    if value is None:
-        return None
+    if value is None or (type(value) is float and math.isfinite(value)):
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(f"expected a number, got {_render(value)}")
     try:
@@ -468,6 +479,99 @@ class OrderIn(_In):
     custom_attributes: AttributeList = None
 
 
+_NO_CUSTOMER = CustomerIn()  # an order without customer
+_NO_AMOUNT = AmountIn()  # a line without amount
+
+
+# --------------------------------------------------------------------------
+# the same reading without pydantic, for the common case
+# --------------------------------------------------------------------------
+# OrderIn.model_validate spends most of its time going back and forth between pydantic-core and the Python
+# validators above. _read_order reads the same fields with the same validators in plain Python, following the
+# models' own field definitions, and builds the same values as SimpleNamespaces with the models' fields (everything
+# downstream only reads attributes). It gives up (None) at the first problem of any kind: the message then goes
+# through OrderIn.model_validate, which words every problem. It is only used on documents in which _scan_document
+# finds nothing (see _check).
+
+class _GiveUp(Exception):
+    """The fast reading does not handle this input: let pydantic read it."""
+
+
+_Reader = Callable[[Any], Any]
+_Fields = tuple[tuple[tuple[str, _Reader], ...], tuple[tuple[str, _Reader], ...]]  # (required, optional) (name, reader)
+
+
+def _read_fields(value: Any, fields: _Fields) -> SimpleNamespace:
+    """A model read from a dict as pydantic does, given its (required, optional) fields as (name, reader) pairs.
+
+    Unknown keys are ignored; a missing required field raises KeyError. Every optional field of the input models
+    defaults to None, and their readers map None to None: absent and null are read alike, without a call.
+    """
+    if not isinstance(value, dict):
+        raise _GiveUp
+    required, optional = fields
+    get = value.get
+    read = {name: reader(value[name]) for name, reader in required}
+    for name, reader in optional:
+        item = get(name)
+        read[name] = None if item is None else reader(item)
+    return SimpleNamespace(**read)
+
+
+def _field_reader(info: Any) -> _Reader:
+    """The reader of one model field: its BeforeValidator, then the nested model(s) it holds, if any."""
+    validators = [m.func for m in info.metadata if isinstance(m, BeforeValidator)]
+    validate = validators[0] if validators else (lambda value: value)
+    annotation = info.annotation
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = [k for k in (typing.get_args(annotation) if union else (annotation,)) if k is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else Any
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        fields = _model_fields(item)
+
+        def read_list(value: Any) -> Any:
+            value = validate(value)
+            return None if value is None else [_read_fields(v, fields) for v in value]
+
+        return read_list
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        fields = _model_fields(kind)
+
+        def read_model(value: Any) -> Any:
+            value = validate(value)
+            return None if value is None else _read_fields(value, fields)
+
+        return read_model
+    if kind not in (str, int, float, _dt.datetime, Any):  # pragma: no cover - a new kind of field: teach it here
+        raise TypeError(f"_field_reader: no fast reading for {info.annotation}")
+    return validate
+
+
+def _model_fields(model: type[BaseModel]) -> _Fields:
+    required, optional = [], []
+    for name, info in model.model_fields.items():
+        reader = _field_reader(info)
+        if info.is_required():
+            required.append((name, reader))
+        elif info.default is None and reader(None) is None:
+            optional.append((name, reader))
+        else:  # pragma: no cover - see _read_fields
+            raise TypeError(f"_model_fields: {model.__name__}.{name} is optional but not None by default")
+    return tuple(required), tuple(optional)
+
+
+_ORDER_FIELDS = _model_fields(OrderIn)
+
+
+def _read_order(order: dict) -> SimpleNamespace | None:
+    """params.order read as OrderIn.model_validate would (as attributes), or None if anything is wrong with it."""
+    try:
+        return _read_fields(order, _ORDER_FIELDS)
+    except Exception:  # noqa: BLE001 - _GiveUp, a validator's PydanticCustomError, anything: pydantic decides
+        return None
+
+
 # --------------------------------------------------------------------------
 # results
 # --------------------------------------------------------------------------
@@ -542,6 +646,9 @@ class _DupDict(dict):
     duplicates: list[str]
 
 
+_DECODING = threading.local()  # .duplicates: the list that _loads collects the objects with repeated keys in
+
+
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
     result = dict(pairs)
     if len(result) != len(pairs):
@@ -552,6 +659,9 @@ def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
             if key in seen and key not in dup.duplicates:
                 dup.duplicates.append(key)
             seen.add(key)
+        found = getattr(_DECODING, "duplicates", None)
+        if found is not None:
+            found.append(dup)
         return dup
     return result
 
@@ -567,13 +677,47 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _loads(body: str) -> Any:
-    return json.loads(
-        body,
-        object_pairs_hook=_pairs_hook,
-        parse_constant=_no_constant,
-        parse_float=_finite_float,
-    )
+# what json.loads(body, object_pairs_hook=..., parse_constant=..., parse_float=...) would build on every call
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs_hook, parse_constant=_no_constant, parse_float=_finite_float
+)
+
+
+def _loads(body: str, found_duplicates: list | None = None) -> Any:
+    """Strict JSON, as json.loads: objects with repeated keys are _DupDicts, also appended to found_duplicates."""
+    if body.startswith("\ufeff"):  # as json.loads does
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", body, 0)
+    _DECODING.duplicates = found_duplicates
+    try:
+        return _STRICT_DECODER.decode(body)
+    finally:
+        _DECODING.duplicates = None
+
+
+# A \u escape of a NUL or of a surrogate in a body. Paired escapes of surrogates ("\ud83d\ude00") and an escaped
+# backslash before "u0000" also match; they only send the message through the full scan, which decides.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abAB])")
+
+
+def _nothing_to_scan(body: str, found_duplicates: list) -> bool:
+    """True when _scan_document(_loads(body)) certainly finds nothing, so that it can be skipped:
+
+    * no repeated key was seen while decoding;
+    * the body has too few brackets to nest deeper than MAX_DEPTH (every level is one "{" or "[" of the text);
+    * no string can hold a NUL or an unpaired surrogate: the text has no \\u escape of one, and no surrogate itself
+      (a literal NUL is not valid JSON). A str without surrogates encodes to UTF-8; isascii() is the quick way.
+    Otherwise the full scan decides.
+    """
+    if found_duplicates or body.count("{") + body.count("[") > MAX_DEPTH:
+        return False
+    if "\\u" in body and _UNSTORABLE_ESCAPE.search(body) is not None:
+        return False
+    if not body.isascii():
+        try:
+            body.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _scan_document(doc: Any) -> tuple[str | None, list[tuple[str, str]]]:
@@ -612,9 +756,46 @@ def _scan_document(doc: Any) -> tuple[str | None, list[tuple[str, str]]]:
 _WS = re.compile(r"[ \t\n\r]*")
 
 
-def _raw_value_text(body: str, keys: tuple[str, ...]) -> str | None:
-    """Exact text of the value at `keys` (object keys from the top) in valid JSON `body`."""
-    decoder = json.JSONDecoder()
+_DECODER = json.JSONDecoder()
+_JSON_WS = " \t\n\r"
+
+
+# The usual start of a message up to the value of params.order: {"jsonrpc": "...", "id": ..., "method": "...",
+# "params": {"order": (JSON white space allowed; the id a string, an integer or null). In valid JSON a string token is
+# exactly "(?:[^"\\]|\\.)*", so a match ends where the value of params.order starts.
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_USUAL_START = re.compile(
+    r'[ \t\n\r]*\{[ \t\n\r]*"jsonrpc"[ \t\n\r]*:[ \t\n\r]*' + _STRING
+    + r'[ \t\n\r]*,[ \t\n\r]*"id"[ \t\n\r]*:[ \t\n\r]*(?:' + _STRING + r'|-?[0-9]+|null)'
+    + r'[ \t\n\r]*,[ \t\n\r]*"method"[ \t\n\r]*:[ \t\n\r]*' + _STRING
+    + r'[ \t\n\r]*,[ \t\n\r]*"params"[ \t\n\r]*:[ \t\n\r]*\{[ \t\n\r]*"order"[ \t\n\r]*:[ \t\n\r]*'
+)
+
+
+def _raw_order_text(body: str, doc: dict) -> str | None:
+    """Exact text of params.order in valid JSON `body` that decoded to `doc` (without repeated keys).
+
+    When params holds only "order" and is the last key of the message, the value ends right before the two closing
+    braces at the end of the body (JSON white space aside): no need to decode it again to find its end. Its start is
+    found by one regular expression when the message starts as usual, else key by key.
+    """
+    if len(doc["params"]) == 1 and next(reversed(doc)) == "params":
+        usual = _USUAL_START.match(body)
+        start = usual.end() if usual is not None else _value_start(body, ("params", "order"))
+        if start is not None:
+            end = body.rstrip(_JSON_WS)
+            if end.endswith("}"):
+                end = end[:-1].rstrip(_JSON_WS)
+                if end.endswith("}"):
+                    end = end[:-1].rstrip(_JSON_WS)
+                    if end.endswith("}") and len(end) > start:
+                        return body[start : len(end)]
+    return _raw_value_text(body, ("params", "order"))
+
+
+def _value_start(body: str, keys: tuple[str, ...]) -> int | None:
+    """Position where the value at `keys` (object keys from the top) starts in valid JSON `body`."""
+    decoder = _DECODER
     pos = _WS.match(body, 0).end()
     for wanted in keys:
         if body[pos : pos + 1] != "{":
@@ -630,18 +811,34 @@ def _raw_value_text(body: str, keys: tuple[str, ...]) -> str | None:
             pos = _WS.match(body, pos + 1).end()
             if key == wanted:
                 break
-            _, pos = decoder.raw_decode(body, pos)
+            if body[pos : pos + 1] == '"':  # a string value (as jsonrpc, id and method are): skip it in C
+                _, pos = _scanstring(body, pos + 1)
+            else:
+                _, pos = decoder.raw_decode(body, pos)
             pos = _WS.match(body, pos).end()
             if body[pos : pos + 1] != ",":
                 return None
             pos = _WS.match(body, pos + 1).end()
-    _, end = decoder.raw_decode(body, pos)
+    return pos
+
+
+def _raw_value_text(body: str, keys: tuple[str, ...]) -> str | None:
+    """Exact text of the value at `keys` (object keys from the top) in valid JSON `body`."""
+    pos = _value_start(body, keys)
+    if pos is None:
+        return None
+    _, end = _DECODER.raw_decode(body, pos)
     return body[pos:end]
+
+
+# json.dumps(value, **options) builds a JSONEncoder(**options) per call; these are the same encoders, built once
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_ATTRIBUTES_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def canonical_order_json(order: dict) -> str:
     """Canonical JSON of params.order, the input of content_hash."""
-    return json.dumps(order, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL_ENCODER.encode(order)
 
 
 # --------------------------------------------------------------------------
@@ -693,7 +890,7 @@ def _backorder_flag(values: dict[str, Any], index: dict[str, int], path: str, pr
     return next(iter(flags.values()), None)
 
 
-def _customer_address(order: OrderIn) -> AddressIn | None:
+def _customer_address(order: OrderIn | SimpleNamespace) -> AddressIn | SimpleNamespace | None:
     with_email = [a for a in (order.addresses or ()) if a.email]
     for address in with_email:
         if (address.address_type or "").lower() == "customer":
@@ -713,7 +910,7 @@ def _duplicates(items: list, key: Callable[[Any], Any], path: str, field: str, w
             first[value] = i
 
 
-def _cross_checks(order: OrderIn) -> tuple[list[str], dict]:
+def _cross_checks(order: OrderIn | SimpleNamespace) -> tuple[list[str], dict]:
     problems: list[str] = []
     addresses = order.addresses or []
     payments = order.payments or []
@@ -764,7 +961,9 @@ def _cross_checks(order: OrderIn) -> tuple[list[str], dict]:
 # --------------------------------------------------------------------------
 
 def _attributes_json(values: dict[str, Any]) -> str:
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    if not values:
+        return "{}"
+    return _ATTRIBUTES_ENCODER.encode(values)
 
 
 def _reject(problems: list[str], order_id: str | None) -> Rejection:
@@ -824,8 +1023,11 @@ def _model_problems(error: ValidationError) -> list[str]:
     return problems
 
 
-def _build_order(order: OrderIn, extras: dict, raw_order: str, content_hash: str) -> ParsedOrder:
-    customer = order.customer or CustomerIn()
+def _order_fields(
+    order: OrderIn | SimpleNamespace, extras: dict, raw_order: str, content_hash: str
+) -> tuple[dict, list[dict]]:
+    """The fields of the ParsedOrder (without lines) and of its ParsedLines, as plain dicts."""
+    customer = order.customer or _NO_CUSTOMER
     address = _customer_address(order)
     assert address is not None and address.email  # guaranteed by _cross_checks
     name = " ".join(part for part in (address.first_name, address.last_name) if part).strip() or None
@@ -836,53 +1038,59 @@ def _build_order(order: OrderIn, extras: dict, raw_order: str, content_hash: str
     payment_currency = {p.reference: p.currency for p in reversed(order.payments or []) if p.reference is not None}
 
     lines = []
+    promised = None
     for line, (values, flag) in zip(order.lines, extras["lines"]):
-        amount = line.amount or AmountIn()
+        amount = line.amount or _NO_AMOUNT
         line_currency = payment_currency.get(line.payment_reference) if line.payment_reference else None
-        lines.append(
-            ParsedLine(
-                order_id=order.id,
-                line_id=line.id,
-                line_number=line.line_number,
-                sku=line.sku,
-                product_name=line.product_name,
-                product_type=line.product_type,
-                qty=line.quantity,
-                gross_amount=amount.gross_amount or 0.0,
-                net_amount=amount.net_amount or 0.0,
-                tax_amount=amount.tax_amount or 0.0,
-                currency=line_currency or currency,
-                promise_delivery_date=line.promise_delivery_date,
-                allow_backorders=flag,
-                line_attributes=_attributes_json(values),
-            )
-        )
-    promises = [ln.promise_delivery_date for ln in lines if ln.promise_delivery_date is not None]
-    return ParsedOrder(
-        order_id=order.id,
-        store=order.store,
-        origin_date=order.origin_date,
-        customer_id=customer.id,
-        customer_type=customer.type,
-        customer_segment=customer.segment,
-        customer_email=address.email,
-        customer_name=name,
-        language=order.language,
-        country_code=address.country_code,
-        payment_method=transaction.payment_method if transaction else None,
-        payment_reference=payment.reference if payment else None,
-        currency=currency,
-        authorized_amount=transaction.amount if transaction else None,
-        authorization_status=gateway.authorization_status if gateway else None,
-        gateway_id=gateway.gateway_id if gateway else None,
-        transaction_id=gateway.transaction_id if gateway else None,
-        shipping_method=extras["shipping_method"],
-        promised_date=min(promises) if promises else None,
-        content_hash=content_hash,
-        order_attributes=_attributes_json(extras["order_attributes"]),
-        raw_order=raw_order,
-        lines=tuple(lines),
-    )
+        promise = line.promise_delivery_date
+        if promise is not None and (promised is None or promise < promised):
+            promised = promise
+        lines.append({
+            "order_id": order.id,
+            "line_id": line.id,
+            "line_number": line.line_number,
+            "sku": line.sku,
+            "product_name": line.product_name,
+            "product_type": line.product_type,
+            "qty": line.quantity,
+            "gross_amount": amount.gross_amount or 0.0,
+            "net_amount": amount.net_amount or 0.0,
+            "tax_amount": amount.tax_amount or 0.0,
+            "currency": line_currency or currency,
+            "promise_delivery_date": promise,
+            "allow_backorders": flag,
+            "line_attributes": _attributes_json(values),
+        })
+    fields = {
+        "order_id": order.id,
+        "store": order.store,
+        "origin_date": order.origin_date,
+        "customer_id": customer.id,
+        "customer_type": customer.type,
+        "customer_segment": customer.segment,
+        "customer_email": address.email,
+        "customer_name": name,
+        "language": order.language,
+        "country_code": address.country_code,
+        "payment_method": transaction.payment_method if transaction else None,
+        "payment_reference": payment.reference if payment else None,
+        "currency": currency,
+        "authorized_amount": transaction.amount if transaction else None,
+        "authorization_status": gateway.authorization_status if gateway else None,
+        "gateway_id": gateway.gateway_id if gateway else None,
+        "transaction_id": gateway.transaction_id if gateway else None,
+        "shipping_method": extras["shipping_method"],
+        "promised_date": promised,  # the earliest line promise_delivery_date
+        "content_hash": content_hash,
+        "order_attributes": _attributes_json(extras["order_attributes"]),
+        "raw_order": raw_order,
+    }
+    return fields, lines
+
+
+def _build_order(order: OrderIn | SimpleNamespace, extras: dict, raw_order: str, content_hash: str) -> ParsedOrder:
+    fields, lines = _order_fields(order, extras, raw_order, content_hash)
+    return ParsedOrder(**fields, lines=tuple(ParsedLine(**line) for line in lines))
 
 
 def _body_size(body: str) -> int:
@@ -901,10 +1109,33 @@ def parse_order_message(body: str) -> ParsedOrder | Rejection:
     try:
         return _parse(body)
     except Exception as error:  # noqa: BLE001 - last resort: never raise, never lose the message
-        return Rejection(reason=f"message could not be parsed: internal error {type(error).__name__}: {error}"[:500])
+        return _internal_error(error)
+
+
+def _internal_error(error: Exception) -> Rejection:
+    return Rejection(reason=f"message could not be parsed: internal error {type(error).__name__}: {error}"[:500])
 
 
 def _parse(body: Any) -> ParsedOrder | Rejection:
+    checked = _check(body)
+    if isinstance(checked, Rejection):
+        return checked
+    return _build_order(*checked)
+
+
+def _parse_fields(body: Any) -> tuple[dict, list[dict]] | Rejection:
+    """parse_order_message as the fields of the ParsedOrder and of its lines (what parse_messages needs)."""
+    try:
+        checked = _check(body)
+        if isinstance(checked, Rejection):
+            return checked
+        return _order_fields(*checked)
+    except Exception as error:  # noqa: BLE001 - as in parse_order_message
+        return _internal_error(error)
+
+
+def _check(body: Any) -> tuple[OrderIn | SimpleNamespace, dict, str, str] | Rejection:
+    """A Rejection, or what a ParsedOrder is built from: the order read, its cross-check extras, raw text and hash."""
     if isinstance(body, (bytes, bytearray, memoryview)):
         raw = bytes(body)
         if len(raw) > MAX_BODY_BYTES:
@@ -922,28 +1153,35 @@ def _parse(body: Any) -> ParsedOrder | Rejection:
         return _reject([f"message too large: {size} bytes, limit {MAX_BODY_BYTES}"], None)
     if body.strip() == "":
         return _reject(["invalid JSON: the message is empty"], None)
+    found_duplicates: list = []
     try:
-        doc = _loads(body)
+        doc = _loads(body, found_duplicates)
     except RecursionError:
         return _reject([f"invalid JSON: nested too deeply (more than {MAX_DEPTH} levels)"], None)
     except ValueError as error:  # includes json.JSONDecodeError
         return _reject([f"invalid JSON: {error}"], None)
     if not isinstance(doc, dict):
         return _reject([f"message: expected a JSON object, got {_render(doc)}"], None)
-    too_deep, scan_problems = _scan_document(doc)
-    if too_deep:
-        return _reject([too_deep], None)
+    clean = _nothing_to_scan(body, found_duplicates)
+    if clean:
+        scan_problems: list[tuple[str, str]] = []
+    else:
+        too_deep, scan_problems = _scan_document(doc)
+        if too_deep:
+            return _reject([too_deep], None)
 
     problems, order_dict = _envelope_problems(doc)
     order_id = _readable_order_id(order_dict)
-    order: OrderIn | None = None
+    order: OrderIn | SimpleNamespace | None = None
     extras: dict = {}
     if order_dict is not None:
-        try:
-            order = OrderIn.model_validate(order_dict)
-        except ValidationError as error:
-            problems.extend(_model_problems(error))
-        else:
+        order = _read_order(order_dict) if clean else None
+        if order is None:
+            try:
+                order = OrderIn.model_validate(order_dict)
+            except ValidationError as error:
+                problems.extend(_model_problems(error))
+        if order is not None:
             cross, extras = _cross_checks(order)
             problems.extend(cross)
     # whole-document findings not already reported for the same place
@@ -953,11 +1191,11 @@ def _parse(body: Any) -> ParsedOrder | Rejection:
     if problems or order is None:
         return _reject(problems or ["params.order: could not be read"], order_id)
 
-    raw_order = _raw_value_text(body, ("params", "order"))
+    raw_order = _raw_order_text(body, doc)
     if raw_order is None:  # pragma: no cover - the body is valid JSON with params.order
         raw_order = json.dumps(order_dict, ensure_ascii=False)
     content_hash = hashlib.sha256(canonical_order_json(order_dict).encode("utf-8")).hexdigest()
-    return _build_order(order, extras, raw_order, content_hash)
+    return order, extras, raw_order, content_hash
 
 
 # --------------------------------------------------------------------------
@@ -1006,28 +1244,30 @@ def parse_messages(messages: pd.DataFrame) -> ParsedBatch:
     message_ids = [int(v) for v in ordered["message_id"].tolist()]
     bodies = ordered["body"].tolist()
 
-    orders: dict[str, list] = {c: [] for c in ORDER_COLUMNS}
-    lines: dict[str, list] = {c: [] for c in LINE_COLUMNS}
     reject_rows: list[int] = []
     reject_reasons: list[str] = []
     reject_order_ids: list[str | None] = []
+    order_rows: list[dict] = []  # the fields of each order (dicts by column name) ...
+    order_message_ids: list[int] = []
+    line_rows: list[dict] = []  # ... and of each line; made into columns at the end
+    line_message_ids: list[int] = []
 
     for position, (message_id, body) in enumerate(zip(message_ids, bodies)):
-        result = parse_order_message(body)
+        result = _parse_fields(body)
         if isinstance(result, Rejection):
             reject_rows.append(position)
             reject_reasons.append(result.reason)
             reject_order_ids.append(result.order_id)
             continue
-        row = result.model_dump(exclude={"lines"})
-        row["message_id"] = message_id
-        for column in ORDER_COLUMNS:
-            orders[column].append(row[column])
-        for line in result.lines:
-            line_row = line.model_dump()
-            line_row["message_id"] = message_id
-            for column in LINE_COLUMNS:
-                lines[column].append(line_row[column])
+        fields, order_lines = result
+        order_rows.append(fields)
+        order_message_ids.append(message_id)
+        line_rows.extend(order_lines)
+        line_message_ids.extend([message_id] * len(order_lines))
+    orders = {c: [row[c] for row in order_rows] for c in ORDER_COLUMNS if c != "message_id"}
+    orders["message_id"] = order_message_ids
+    lines = {c: [row[c] for row in line_rows] for c in LINE_COLUMNS if c != "message_id"}
+    lines["message_id"] = line_message_ids
 
     received = pd.to_datetime(ordered["received_at"], utc=True).dt.as_unit("ns")
     raw = [None if _is_missing(bodies[i]) else bodies[i] for i in reject_rows]

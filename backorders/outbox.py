@@ -12,10 +12,8 @@ service or logistics. See docs/outboxes.md.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 
 from backorders.ftc import add_working_days  # one working-day calendar for every refund due date
 from backorders import db
@@ -52,11 +50,8 @@ def is_deliverable(t: datetime, now: datetime | None = None, window_days: float 
 
 
 def payment_request_id(key: str) -> str:
+    """The id of the payment request with that idempotency key (_insert_requests computes the same in SQL)."""
     return "PR-" + hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-def _money(value, digits: int) -> str:
-    return f"{Decimal(value if value is not None else 0):.{int(digits)}f}"
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -64,23 +59,25 @@ def queue_outboxes(url: str, t, rules: Rules | None = None, now: datetime | None
     """The side_effects stage of run T (after publish): captures, refunds and re-authorizations in
     oms.payment_requests, AUTHORIZATION_EXPIRED exceptions, request_shipment messages in oms.shipment_messages.
 
-    Rows are PENDING, or SUPPRESSED when T is older than the delivery window. One transaction."""
+    Rows are PENDING, or SUPPRESSED when T is older than the delivery window. One transaction. Set-based: every
+    request and message is built (ids, amounts, JSON bodies) and inserted by SQL, from the rows of the run."""
     t = _run_time(t)
     rules = rules or load_rules()
     settings = rules.outbox
     deliverable = is_deliverable(t, now, settings.delivery.window_days)
     status = "PENDING" if deliverable else "SUPPRESSED"
     with db.transaction(url) as conn, conn.cursor() as cur:
+        # the run's events, orders and bodies sort, hash and stay in memory (a new session: temp_buffers can be set)
+        cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
         _payment_methods(cur, rules)
         _money_events(cur, t)
-        requests = _captures(cur, t) + _refunds(cur, t, rules) + _reauthorizations(cur, t)
-        inserted = _insert_requests(cur, requests, t, status)
+        _reauthorizations(cur, t)
+        built, inserted = _insert_requests(cur, t, rules, status)
         lapsed, closed = _authorization_exceptions(cur, t)
         messages = _shipment_messages(cur, t, status) if settings.shipment_messages.enabled else 0
     figures = {"deliverable": deliverable, "status": status,
-               "captures": sum(1 for r in requests if r["kind"] == "CAPTURE"),
-               "refunds": sum(1 for r in requests if r["kind"] == "REFUND"),
-               "reauthorizations": sum(1 for r in requests if r["kind"] == "REAUTHORIZE"),
+               "captures": built.get("CAPTURE", 0), "refunds": built.get("REFUND", 0),
+               "reauthorizations": built.get("REAUTHORIZE", 0),
                "payment_requests_inserted": inserted, "authorizations_expired": lapsed,
                "authorization_exceptions_closed": closed, "shipment_messages": messages}
     log.info("queued payment requests and shipment messages at %s: %s", t.isoformat(), figures)
@@ -124,26 +121,41 @@ _PM = "JOIN LATERAL (SELECT * FROM pm WHERE pm.method IN (o.payment_method, '*')
 
 
 def _money_events(cur, t: datetime) -> None:
-    """money_ev: every quantity event (shipment request line, cancellation) of the orders that run T touched, with its
-    share of the line's gross and tax amounts.
+    """mo: the orders that run T touched (a shipment request or a cancellation of T) with their payment settings,
+    currency digits and what the shipment messages need (shipping method, ship-by date, the addresses and lines of
+    raw_order). money_ev: every quantity event (shipment request line, cancellation) of those orders, with its share of
+    the line's gross and tax amounts (and the order line's number, sku and product name, the request line's sku).
 
     Shares are cumulative differences, round(amount * cumulative qty / ordered) minus the same before the event, in
     event order (T, shipment requests before cancellations, shipment number, cancellation kind): the shares of one
-    line always add up to exactly its amount, whatever the split (10.00 in three parts: 3.33, 3.34, 3.33)."""
+    line always add up to exactly its amount, whatever the split (10.00 in three parts: 3.33, 3.34, 3.33).
+
+    Both follow the orders of the run: the history is joined by order (index lookups once it outgrows the run), and
+    oms.orders, whose rows are wide, is read once for the whole stage."""
     cur.execute(f"""
+        CREATE TEMP TABLE mo ON COMMIT DROP AS
+        SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture,
+               o.shipping_method, o.ship_by_date,       -- and what the shipment messages need of the order
+               CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
+               CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
+        FROM (SELECT order_id FROM oms.shipment_requests WHERE requested_at = %(t)s
+              UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s) k
+        JOIN oms.orders o ON o.order_id = k.order_id {_PM}
+        -- raw_order is read (decompressed) once per key: OFFSET 0 keeps the planner from repeating the expressions
+        CROSS JOIN LATERAL (SELECT o.raw_order -> 'addresses' AS addresses, o.raw_order -> 'lines' AS lines
+                            OFFSET 0) r""", {"t": t})
+    # a key and row counts for the planner (the narrow columns only: the jsonb ones would cost more than the rest)
+    cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo (order_id, store, payment_method)")
+    cur.execute("""
         CREATE TEMP TABLE money_ev ON COMMIT DROP AS
-        WITH touched AS (
-            SELECT order_id FROM oms.shipment_requests WHERE requested_at = %(t)s
-            UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s
-        ),
-        e AS (
-            SELECT l.order_id, l.line_id, r.requested_at AS at, 0 AS rnk, r.shipment_number AS seq, '' AS ckind,
-                   r.shipment_request_id, l.quantity
-            FROM touched k JOIN oms.shipment_requests r USING (order_id)
-            JOIN oms.shipment_request_lines l USING (shipment_request_id)
+        WITH e AS (
+            SELECT k.order_id, l.line_id, r.requested_at AS at, 0 AS rnk, r.shipment_number AS seq, '' AS ckind,
+                   r.shipment_request_id, l.quantity, k.digits, l.sku AS request_sku
+            FROM mo k JOIN oms.shipment_requests r ON r.order_id = k.order_id
+            JOIN oms.shipment_request_lines l ON l.shipment_request_id = r.shipment_request_id
             UNION ALL
-            SELECT c.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity
-            FROM touched k JOIN oms.line_cancellations c USING (order_id)
+            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits, NULL
+            FROM mo k JOIN oms.line_cancellations c ON c.order_id = k.order_id
         ),
         c AS (
             SELECT e.*, sum(e.quantity) OVER (PARTITION BY e.order_id, e.line_id ORDER BY e.at, e.rnk, e.seq, e.ckind
@@ -151,115 +163,39 @@ def _money_events(cur, t: datetime) -> None:
             FROM e
         ),
         v AS (
-            SELECT c.*, ol.line_number, ol.sku, ol.qty_ordered, coalesce(ol.gross_amount, 0) AS gross,
-                   coalesce(ol.tax_amount, 0) AS tax, {_DIGITS_SQL} AS digits
-            FROM c JOIN oms.order_lines ol USING (order_id, line_id) JOIN oms.orders o USING (order_id)
+            SELECT c.*, ol.line_number, ol.sku, ol.product_name, ol.qty_ordered, coalesce(ol.gross_amount, 0) AS gross,
+                   coalesce(ol.tax_amount, 0) AS tax
+            FROM c JOIN oms.order_lines ol ON ol.order_id = c.order_id AND ol.line_id = c.line_id
         )
         SELECT v.*,
                round(gross * cum_after / qty_ordered, digits) - round(gross * (cum_after - quantity) / qty_ordered, digits)
                    AS gross_share,
                round(tax * cum_after / qty_ordered, digits) - round(tax * (cum_after - quantity) / qty_ordered, digits)
                    AS tax_share
-        FROM v""", {"t": t})
+        FROM v""")
+    cur.execute("ANALYZE money_ev (order_id, rnk, at)")
 
 
 _ORDER_COLS = "o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
 
 
-def _request(kind, key, row, amount, tax, digits, t, **extra) -> dict:
-    """One payment request with its JSON body (what is posted to the payment service)."""
-    order_id, currency, method, reference, gateway, transaction = row
-    rid = payment_request_id(key)
-    due_at = extra.pop("due_at", t)
-    body = {"payment_request_id": rid, "idempotency_key": key, "kind": kind, "order_id": order_id,
-            "amount": _money(amount, digits), "tax_amount": _money(tax, digits), "currency": currency,
-            "payment_method": method, "payment_reference": reference, "gateway_id": gateway,
-            "transaction_id": transaction, "requested_at": t.isoformat(), "due_at": due_at.isoformat(), **extra}
-    return {"payment_request_id": rid, "idempotency_key": key, "order_id": order_id, "kind": kind,
-            "shipment_request_id": extra.get("shipment_request_id"), "line_id": extra.get("line_id"),
-            "amount": Decimal(body["amount"]), "tax_amount": Decimal(body["tax_amount"]), "currency": currency,
-            "payment_method": method, "due_at": due_at, "reason": extra.get("reason"), "body": body}
+def _iso_sql(expr: str, utc: bool = False) -> str:
+    """SQL text of a timestamptz as Python's datetime.isoformat() writes it: as psycopg2 returns it (in the session's
+    time zone, offset +HH:MM), or with utc in UTC (+00:00); microseconds only when there are any."""
+    local = f"({expr} AT TIME ZONE 'UTC')" if utc else expr
+    offset = "'+00:00'" if utc else f"to_char({expr}, 'TZH:TZM')"
+    return (f"(to_char({local}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
+            f"|| CASE WHEN date_trunc('second', {expr}) = {expr} THEN '' ELSE to_char({local}, '.US') END "
+            f"|| {offset})")
 
 
-def _lines(raw) -> list[dict]:
-    return [{**x, "quantity": int(x["quantity"])} for x in (raw or [])]
-
-
-def _captures(cur, t: datetime) -> list[dict]:
-    """CAPTURE requests: one per shipment request of T for the value of its lines where the payment method allows
-    partial capture; otherwise one per order, when the order has nothing left to ship (no backordered or held
-    quantity), for every shipped line, attached to its last shipment request."""
-    line_json = ("json_agg(json_build_object('shipment_request_id', e.shipment_request_id, 'line_id', e.line_id, "
-                 "'sku', e.sku, 'quantity', e.quantity, 'amount', e.gross_share::text, 'tax_amount', e.tax_share::text) "
-                 "ORDER BY e.seq, e.line_number, e.line_id)")
-    cur.execute(f"""
-        SELECT e.shipment_request_id, o.order_id, {_ORDER_COLS}, max(e.digits), sum(e.gross_share), sum(e.tax_share),
-               {line_json}
-        FROM money_ev e JOIN oms.orders o USING (order_id) {_PM}
-        WHERE e.rnk = 0 AND e.at = %(t)s AND m.partial_capture AND o.payment_method IS NOT NULL
-        GROUP BY e.shipment_request_id, o.order_id
-        ORDER BY e.shipment_request_id""", {"t": t})
-    out = []
-    for sr, *order, digits, amount, tax, lines in cur.fetchall():
-        if amount and amount > 0:
-            out.append(_request("CAPTURE", f"CAPTURE/{sr}", order, amount, tax, digits, t, shipment_request_id=sr,
-                                reason=f"settlement of shipment request {sr}", lines=_lines(lines)))
-    cur.execute(f"""
-        WITH done AS (
-            SELECT DISTINCT e.order_id FROM money_ev e JOIN oms.orders o USING (order_id) {_PM}
-            WHERE NOT m.partial_capture AND o.payment_method IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM oms.order_lines l WHERE l.order_id = e.order_id
-                              AND l.qty_backordered + l.qty_held > 0)
-        )
-        SELECT (SELECT r.shipment_request_id FROM oms.shipment_requests r WHERE r.order_id = o.order_id
-                ORDER BY r.shipment_number DESC LIMIT 1),
-               o.order_id, {_ORDER_COLS}, max(e.digits), sum(e.gross_share), sum(e.tax_share), {line_json}
-        FROM done JOIN money_ev e USING (order_id) JOIN oms.orders o USING (order_id)
-        WHERE e.rnk = 0
-        GROUP BY o.order_id
-        ORDER BY o.order_id""")
-    for sr, *order, digits, amount, tax, lines in cur.fetchall():
-        if amount and amount > 0:
-            out.append(_request("CAPTURE", f"CAPTURE/{order[0]}", order, amount, tax, digits, t,
-                                shipment_request_id=sr,
-                                reason=f"one settlement of the whole order with its last shipment request {sr}",
-                                lines=_lines(lines)))
-    return out
-
-
-def _refunds(cur, t: datetime, rules: Rules) -> list[dict]:
-    """REFUND requests: one per oms.line_cancellations row of T, whatever its kind, for the cancelled quantity's share
-    of the line's gross amount; due T + refund_due_working_days working days (or the cancellation's own
-    refund_due_at where the lifecycle stage recorded one)."""
-    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'oms' "
-                "AND table_name = 'line_cancellations' AND column_name = 'refund_due_at'")
-    due_col = "c.refund_due_at" if cur.fetchone() else "NULL::timestamptz"
-    cur.execute(f"""
-        SELECT o.order_id, {_ORDER_COLS}, e.line_id, e.sku, e.ckind, e.quantity, e.digits, e.gross_share, e.tax_share,
-               c.reason, o.store, {due_col}
-        FROM money_ev e JOIN oms.orders o USING (order_id)
-        JOIN oms.line_cancellations c ON c.order_id = e.order_id AND c.line_id = e.line_id AND c.run_at = e.at
-                                      AND c.kind = e.ckind
-        WHERE e.rnk = 1 AND e.at = %(t)s AND o.payment_method IS NOT NULL
-        ORDER BY o.order_id, e.line_number, e.line_id, e.ckind""", {"t": t})
-    out = []
-    days = rules.outbox.payments.refund_due_working_days
-    for (*order, line_id, sku, kind, qty, digits, amount, tax, reason, store, due) in cur.fetchall():
-        if not amount or amount <= 0:
-            continue
-        due = due or add_working_days(t, days, rules.channel(store).timezone)
-        key = f"REFUND/{order[0]}/{line_id}/{t.isoformat()}/{kind}"
-        out.append(_request("REFUND", key, order, amount, tax, digits, t, due_at=due, line_id=line_id,
-                            reason=f"{kind}: {reason}",
-                            lines=[{"line_id": line_id, "sku": sku, "quantity": int(qty),
-                                    "amount": _money(amount, digits), "tax_amount": _money(tax, digits)}]))
-    return out
-
-
-def _reauthorizations(cur, t: datetime) -> list[dict]:
+def _reauthorizations(cur, t: datetime) -> None:
     """REAUTHORIZE requests: every order with open backorder quantity whose payment method re-authorizes, when
     reauth_interval_days have passed since its last authorization (orders.last_authorized_at: the origin date, then
-    each re-authorization that did not fail). The amount is what is still to be captured. Sets last_authorized_at."""
+    each re-authorization that did not fail). The amount is what is still to be captured. Sets last_authorized_at.
+
+    bo_orders: the orders with open backorders and a re-authorizing method; reauth: the requests of T (queued by
+    _insert_requests)."""
     cur.execute(f"""
         CREATE TEMP TABLE bo_orders ON COMMIT DROP AS
         SELECT o.order_id, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, coalesce(o.last_authorized_at, o.origin_date) AS last_auth,
@@ -269,46 +205,144 @@ def _reauthorizations(cur, t: datetime) -> list[dict]:
         JOIN oms.orders o USING (order_id) {_PM}
         WHERE o.payment_method IS NOT NULL AND m.reauthorize AND o.origin_date <= %(t)s""", {"t": t})
     cur.execute("""
+        CREATE TEMP TABLE reauth ON COMMIT DROP AS
         SELECT b.order_id, b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id, b.digits,
                round(sum(coalesce(l.gross_amount, 0) * (l.qty_backordered + l.qty_held
                          + CASE WHEN b.partial_capture THEN 0 ELSE l.qty_allocated + l.qty_shipped END) / l.qty_ordered),
-                     b.digits),
+                     b.digits) AS amount,
                round(sum(coalesce(l.tax_amount, 0) * (l.qty_backordered + l.qty_held
                          + CASE WHEN b.partial_capture THEN 0 ELSE l.qty_allocated + l.qty_shipped END) / l.qty_ordered),
-                     b.digits),
+                     b.digits) AS tax,
                b.last_auth, b.reauth_interval_days
         FROM bo_orders b JOIN oms.order_lines l USING (order_id)
         WHERE %(t)s >= b.last_auth + make_interval(days => b.reauth_interval_days)
         GROUP BY b.order_id, b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id,
-                 b.digits, b.last_auth, b.reauth_interval_days
-        ORDER BY b.order_id""", {"t": t})
-    out = []
-    for order_id, *rest in cur.fetchall():
-        order = (order_id, *rest[:5])
-        digits, amount, tax, last, interval = rest[5:]
-        out.append(_request("REAUTHORIZE", f"REAUTHORIZE/{order_id}/{t.isoformat()}", order, amount, tax, digits, t,
-                            reason=f"open backorder; last authorized {last.astimezone(timezone.utc).isoformat()}, "
-                                   f"re-authorized every {interval} days"))
-    ids = [r["order_id"] for r in out]
-    if ids:
-        cur.execute("UPDATE oms.orders SET last_authorized_at = %s WHERE order_id = ANY(%s)", (t, ids))
-        cur.execute("UPDATE bo_orders SET last_auth = %s WHERE order_id = ANY(%s)", (t, ids))
-    return out
+                 b.digits, b.last_auth, b.reauth_interval_days""", {"t": t})
+    if cur.rowcount:
+        cur.execute("UPDATE oms.orders o SET last_authorized_at = %(t)s FROM reauth r WHERE o.order_id = r.order_id",
+                    {"t": t})
+        cur.execute("UPDATE bo_orders b SET last_auth = %(t)s FROM reauth r WHERE b.order_id = r.order_id", {"t": t})
 
 
-def _insert_requests(cur, requests: list[dict], t: datetime, status: str) -> int:
-    if not requests:
-        return 0
-    from psycopg2.extras import execute_values
+def _refund_due_dates(cur, t: datetime, rules: Rules) -> tuple[list, list, list]:
+    """T + refund_due_working_days working days on the calendar of every channel with a touched order: (stores,
+    due dates, their isoformat text) for the statement of _insert_requests."""
+    cur.execute("SELECT DISTINCT store FROM mo ORDER BY 1")
+    days = rules.outbox.payments.refund_due_working_days
+    stores = [store for store, in cur.fetchall()]
+    dues = [add_working_days(t, days, rules.channel(store).timezone) for store in stores]
+    return stores, dues, [d.isoformat() for d in dues]
 
-    rows = [(r["payment_request_id"], r["idempotency_key"], r["order_id"], r["shipment_request_id"], r["line_id"],
-             r["kind"], r["amount"], r["tax_amount"], r["currency"], r["payment_method"], r["due_at"], t, status,
-             r["reason"], json.dumps(r["body"], sort_keys=True)) for r in requests]
-    inserted = execute_values(cur, """
-        INSERT INTO oms.payment_requests (payment_request_id, idempotency_key, order_id, shipment_request_id, line_id,
-            kind, amount, tax_amount, currency, payment_method, due_at, created_at, status, reason, body)
-        VALUES %s ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1""", rows, page_size=1000, fetch=True)
-    return len(inserted)
+
+def _insert_requests(cur, t: datetime, rules: Rules, status: str) -> tuple[dict, int]:
+    """Build every payment request of T in one statement and insert the new ones: captures (per shipment request of
+    T where the method captures partially, else one per order with nothing left to ship), refunds (per cancellation
+    row of T), re-authorizations (the reauth table). Ids are 'PR-' + the first 20 hex digits of the SHA-256 of the
+    idempotency key (payment_request_id); amounts are the shares with the currency's digits, as text in the body.
+
+    Returns (requests built per kind, rows inserted)."""
+    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'oms' "
+                "AND table_name = 'line_cancellations' AND column_name = 'refund_due_at'")
+    due_col = "c.refund_due_at" if cur.fetchone() else "NULL::timestamptz"
+    stores, dues, due_isos = _refund_due_dates(cur, t, rules)
+    # bodies are built as json (text) and parsed into jsonb once, cheaper than nesting jsonb_build_object calls
+    line = ("json_build_object('shipment_request_id', e.shipment_request_id, 'line_id', e.line_id, 'sku', e.sku, "
+            "'quantity', e.quantity, 'amount', e.gross_share::text, 'tax_amount', e.tax_share::text)")
+    base = ("'payment_request_id', i.id, 'idempotency_key', i.key, 'kind', i.kind, 'order_id', i.order_id, "
+            "'amount', i.amount::text, 'tax_amount', i.tax::text, 'currency', i.currency, "
+            "'payment_method', i.payment_method, 'payment_reference', i.payment_reference, 'gateway_id', i.gateway_id, "
+            "'transaction_id', i.transaction_id, 'requested_at', %(t_iso)s, 'due_at', i.due_iso, 'reason', i.reason")
+    cur.execute(f"""
+        WITH due AS (
+            SELECT * FROM unnest(%(stores)s::text[], %(dues)s::timestamptz[], %(due_isos)s::text[]) AS d(store, due, iso)
+        ),
+        cap_sr AS (          -- partial capture: one request per shipment request of T
+            SELECT e.shipment_request_id, e.order_id, max(e.digits) AS digits, sum(e.gross_share) AS amount,
+                   sum(e.tax_share) AS tax, json_agg({line} ORDER BY e.seq, e.line_number, e.line_id) AS lines
+            FROM money_ev e JOIN mo USING (order_id)
+            WHERE e.rnk = 0 AND e.at = %(t)s AND mo.partial_capture AND mo.payment_method IS NOT NULL
+            GROUP BY e.shipment_request_id, e.order_id
+        ),
+        done AS (            -- without partial capture: the orders with nothing left to ship
+            SELECT mo.order_id FROM mo
+            WHERE NOT mo.partial_capture AND mo.payment_method IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM oms.order_lines l WHERE l.order_id = mo.order_id
+                              AND l.qty_backordered + l.qty_held > 0)
+        ),
+        cap_order AS (
+            SELECT e.order_id, max(e.digits) AS digits, sum(e.gross_share) AS amount, sum(e.tax_share) AS tax,
+                   json_agg({line} ORDER BY e.seq, e.line_number, e.line_id) AS lines
+            FROM done JOIN money_ev e USING (order_id)
+            WHERE e.rnk = 0
+            GROUP BY e.order_id
+        ),
+        req AS (
+            SELECT 'CAPTURE' AS kind, 'CAPTURE/' || c.shipment_request_id AS key, c.order_id,
+                   c.shipment_request_id, NULL::text AS line_id, round(c.amount, c.digits) AS amount,
+                   round(c.tax, c.digits) AS tax, %(t)s::timestamptz AS due_at, %(t_iso)s AS due_iso,
+                   'settlement of shipment request ' || c.shipment_request_id AS reason,
+                   c.lines,
+                   {_ORDER_COLS}
+            FROM cap_sr c JOIN mo o USING (order_id) WHERE c.amount > 0
+            UNION ALL
+            SELECT 'CAPTURE', 'CAPTURE/' || c.order_id, c.order_id, r.shipment_request_id, NULL,
+                   round(c.amount, c.digits), round(c.tax, c.digits), %(t)s, %(t_iso)s,
+                   'one settlement of the whole order with its last shipment request ' || r.shipment_request_id,
+                   c.lines,
+                   {_ORDER_COLS}
+            FROM cap_order c JOIN mo o USING (order_id)
+            LEFT JOIN LATERAL (SELECT r.shipment_request_id FROM oms.shipment_requests r WHERE r.order_id = c.order_id
+                               ORDER BY r.shipment_number DESC LIMIT 1) r ON true
+            WHERE c.amount > 0
+            UNION ALL
+            SELECT 'REFUND', 'REFUND/' || e.order_id || '/' || e.line_id || '/' || %(t_iso)s || '/' || e.ckind,
+                   e.order_id, NULL, e.line_id, round(e.gross_share, e.digits), round(e.tax_share, e.digits),
+                   coalesce({due_col}, due.due),
+                   CASE WHEN {due_col} IS NOT NULL THEN {_iso_sql(due_col)} ELSE due.iso END,
+                   e.ckind || ': ' || c.reason,
+                   json_build_array(json_build_object(
+                       'line_id', e.line_id, 'sku', e.sku, 'quantity', e.quantity,
+                       'amount', round(e.gross_share, e.digits)::text, 'tax_amount', round(e.tax_share, e.digits)::text)),
+                   {_ORDER_COLS}
+            FROM money_ev e JOIN mo o USING (order_id)
+            JOIN oms.line_cancellations c ON c.order_id = e.order_id AND c.line_id = e.line_id AND c.run_at = e.at
+                                          AND c.kind = e.ckind
+            LEFT JOIN due ON due.store = o.store
+            WHERE e.rnk = 1 AND e.at = %(t)s AND o.payment_method IS NOT NULL AND e.gross_share > 0
+            UNION ALL
+            SELECT 'REAUTHORIZE', 'REAUTHORIZE/' || b.order_id || '/' || %(t_iso)s, b.order_id, NULL, NULL,
+                   round(coalesce(b.amount, 0), b.digits), round(coalesce(b.tax, 0), b.digits), %(t)s, %(t_iso)s,
+                   'open backorder; last authorized ' || {_iso_sql("b.last_auth", utc=True)}
+                   || ', re-authorized every ' || b.reauth_interval_days || ' days',
+                   NULL::json,
+                   b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id
+            FROM reauth b
+        ),
+        ids AS MATERIALIZED (
+            SELECT 'PR-' || substr(encode(sha256(convert_to(req.key, 'UTF8')), 'hex'), 1, 20) AS id, req.*
+            FROM req
+        ),
+        ins AS (
+            INSERT INTO oms.payment_requests (payment_request_id, idempotency_key, order_id, shipment_request_id,
+                line_id, kind, amount, tax_amount, currency, payment_method, due_at, created_at, status, reason, body)
+            SELECT i.id, i.key, i.order_id, i.shipment_request_id, i.line_id, i.kind, i.amount, i.tax, i.currency,
+                   i.payment_method, i.due_at, %(t)s, %(status)s, i.reason,
+                   CASE i.kind
+                       WHEN 'CAPTURE' THEN json_build_object({base}, 'shipment_request_id', i.shipment_request_id,
+                                                             'lines', i.lines)
+                       WHEN 'REFUND' THEN json_build_object({base}, 'line_id', i.line_id, 'lines', i.lines)
+                       ELSE json_build_object({base}) END::jsonb
+            FROM ids i
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING 1
+        )
+        SELECT kind, count(*) FROM ids GROUP BY kind
+        UNION ALL SELECT '', count(*) FROM ins""",
+                {"t": t, "t_iso": t.isoformat(), "status": status, "stores": stores, "dues": dues,
+                 "due_isos": due_isos})
+    counts = dict(cur.fetchall())
+    inserted = counts.pop("", 0)
+    return counts, inserted
 
 
 def _authorization_exceptions(cur, t: datetime) -> tuple[int, int]:
@@ -344,45 +378,45 @@ def _authorization_exceptions(cur, t: datetime) -> tuple[int, int]:
 def _shipment_messages(cur, t: datetime, status: str) -> int:
     """One magento.logistics.warehouse_management.request_shipment message (JSON-RPC 2.0) per shipment request of T:
     the request, the order's shipping method and ship-by date, the shipping address of its lines, and its lines."""
+    # the requests of T in a temp table with statistics: the table's own statistics predate this run's rows (the
+    # planner would expect a handful and could join them to their lines by a nested loop over every line)
+    cur.execute("""
+        CREATE TEMP TABLE sr ON COMMIT DROP AS
+        SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
+        FROM oms.shipment_requests r
+        WHERE r.requested_at = %(t)s
+          AND NOT EXISTS (SELECT 1 FROM oms.shipment_messages m
+                          WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id);
+        ANALYZE sr""", {"t": t})
     cur.execute(f"""
-        WITH sr AS MATERIALIZED (
-            SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
-            FROM oms.shipment_requests r
-            WHERE r.requested_at = %(t)s
-              AND NOT EXISTS (SELECT 1 FROM oms.shipment_messages m
-                              WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id)
-        ),
-        -- LATERAL lookups by key: the cost follows this run's requests, not the history of every request
-        ln AS MATERIALIZED (
-            SELECT sr.shipment_request_id, agg.lines, agg.first_line
-            FROM sr CROSS JOIN LATERAL (
-                SELECT jsonb_agg(jsonb_build_object('line_id', l.line_id, 'line_number', ol.line_number, 'sku', l.sku,
-                                                    'product_name', ol.product_name, 'quantity', l.quantity)
-                                 ORDER BY ol.line_number) AS lines,
-                       (array_agg(l.line_id ORDER BY ol.line_number))[1] AS first_line
-                FROM oms.shipment_request_lines l
-                JOIN oms.order_lines ol ON ol.order_id = l.order_id AND ol.line_id = l.line_id
-                WHERE l.shipment_request_id = sr.shipment_request_id
-            ) agg
+        WITH
+        -- the body is built as json (text) and parsed into jsonb once: nested jsonb_build_object calls would
+        -- re-serialize the lines at every level
+        -- the lines of the requests of T with their order lines are in money_ev already (their orders are in mo)
+        ln AS (
+            SELECT e.shipment_request_id,
+                   json_agg(json_build_object('line_id', e.line_id, 'line_number', e.line_number, 'sku', e.request_sku,
+                                              'product_name', e.product_name, 'quantity', e.quantity)
+                            ORDER BY e.line_number) AS lines,
+                   (array_agg(e.line_id ORDER BY e.line_number))[1] AS first_line
+            FROM money_ev e
+            WHERE e.rnk = 0 AND e.at = %(t)s
+            GROUP BY e.shipment_request_id
         ),
         x AS MATERIALIZED (
-            SELECT sr.*, ln.lines, o.store, o.shipping_method, o.ship_by_date,
-                   CASE WHEN jsonb_typeof(o.raw_order -> 'addresses') = 'array' THEN o.raw_order -> 'addresses'
-                        ELSE '[]'::jsonb END AS addresses,
-                   (SELECT e ->> 'shipping_address_reference'
-                    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(o.raw_order -> 'lines') = 'array'
-                                                   THEN o.raw_order -> 'lines' ELSE '[]'::jsonb END) e
+            SELECT sr.*, ln.lines, o.store, o.shipping_method, o.ship_by_date, o.addresses,
+                   (SELECT e ->> 'shipping_address_reference' FROM jsonb_array_elements(o.raw_lines) e
                     WHERE e ->> 'id' = ln.first_line LIMIT 1) AS addr_ref
-            FROM sr JOIN ln USING (shipment_request_id)
-            CROSS JOIN LATERAL (SELECT * FROM oms.orders o WHERE o.order_id = sr.order_id) o
+            FROM sr LEFT JOIN ln ON ln.shipment_request_id = sr.shipment_request_id
+            JOIN mo o ON o.order_id = sr.order_id         -- every order with a request of T is in mo
         )
         INSERT INTO oms.shipment_messages (message_id, idempotency_key, shipment_request_id, order_id, source_code,
                                            created_at, body, file_name, status)
         SELECT 'SM-' || x.shipment_request_id, 'REQUEST_SHIPMENT/' || x.shipment_request_id, x.shipment_request_id,
                x.order_id, x.source_code, %(t)s,
-               jsonb_build_object(
+               json_build_object(
                    'jsonrpc', '2.0', 'id', 'SM-' || x.shipment_request_id, 'method', %(method)s,
-                   'params', jsonb_build_object('shipment_request', jsonb_build_object(
+                   'params', json_build_object('shipment_request', json_build_object(
                        'id', x.shipment_request_id, 'order_id', x.order_id, 'store', x.store,
                        'source_code', x.source_code, 'shipment_number', x.shipment_number,
                        'date_requested', to_char(%(t)s::timestamptz AT TIME ZONE 'UTC', {_ISO}),
@@ -393,7 +427,7 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
                            ORDER BY coalesce(x.addr_ref IS NOT NULL AND a ->> 'reference' = x.addr_ref, false) DESC,
                                     coalesce(lower(a ->> 'address_type') = 'shipping', false) DESC, n
                            LIMIT 1),
-                       'lines', x.lines))),
+                       'lines', x.lines)))::jsonb,
                regexp_replace(x.shipment_request_id, '[^A-Za-z0-9._-]', '_', 'g') || '.json', %(status)s
         FROM x
         ON CONFLICT (idempotency_key) DO NOTHING""", {"t": t, "method": REQUEST_SHIPMENT, "status": status})

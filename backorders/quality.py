@@ -11,7 +11,8 @@ to the task log (masked), and to a static HTML page per run (`reports/dq/<run_id
 `BACKORDERS_DQ_REPORT_DIR`). A blocking failure raises cycle.CheckFailed: the stages after it do not run and nothing
 of the run is published (publish is one transaction and comes after the extract and allocate gates).
 
-Great Expectations is imported inside the functions only: it takes seconds to import.
+Great Expectations is imported inside the functions only, once per process: it takes seconds to import. A gate
+costs the checks' own SQL, each query run once (see _run_gx), plus a fraction of a second of GX bookkeeping.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -363,7 +365,7 @@ def run_stage(url: str, t, stage: str, rules=None) -> list[dict]:
     with db.transaction(url) as conn, conn.cursor() as cur:
         planned = [_plan(cur, c, stg, t, rules.checks.action(c.id, c.default) == "block") for c in checks]
         observed = _balance(cur, stg, t) if stage == "extract" else {}
-    results = _run_gx(url, planned, rules.checks.examples)
+    results = _run_gx(url, planned, rules.checks.examples, stg)
     for r in results:
         r["observed"] = observed.get(r["check"])
     _record(url, t, stage, results)
@@ -403,51 +405,130 @@ def _plan(cur, check: Check, stg: str, t, blocking: bool) -> _Planned:
     return p
 
 
-def _run_gx(url: str, planned: list[_Planned], examples: int) -> list[dict]:
-    """One ephemeral Great Expectations context over the database and one validation per table (its batch), with
-    result format SUMMARY: counts and a few failing keys come back, never the failing rows in bulk. The examples of a
-    failing UnexpectedRowsExpectation are read with its own query, LIMIT 200."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
+# Great Expectations, once per process: the module (seconds to import), the one-pass unexpected-rows expectation and
+# one ephemeral context per database (its SQL datasource, table assets and batch definitions), reused by the gates of
+# a run (adding assets is what costs in a context: GX serializes its whole configuration on each). Every validation
+# computes its metrics afresh; what the execution engine keeps besides (its metric cache, its reflection inspector) is
+# dropped before every gate all the same, and the connection pools are closed after it: no connection stays open
+# between gates, and a reused context sees the database as it is now (tests/test_quality.py checks both).
+_GX: dict[str, Any] = {}
+_CONTEXTS: dict[str, "_Context"] = {}
+_LOCK = threading.Lock()
+MAX_CONTEXTS = 2                    # databases whose context is kept (the cycle uses one; tests use many)
+EXAMPLE_ROWS = 200                  # failing rows read per check, the examples are chosen among them
+FAILING_ROWS = "gx_failing_rows__"  # the count column the one-pass query adds
 
-    ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
-        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
-    with warnings.catch_warnings():     # the generic SQL datasource also takes socket URLs, which Postgres' does not
-        warnings.simplefilter("ignore")
-        ds = ctx.data_sources.add_sql("backorders_db", connection_string=url)
-    by_id: dict[str, dict] = {}
-    try:
-        groups: dict[str, list[_Planned]] = {}
-        for p in planned:
-            groups.setdefault(p.table, []).append(p)
-        for n, (table, items) in enumerate(sorted(groups.items())):
+
+def _gx() -> tuple[Any, type]:
+    """great_expectations and UnexpectedRowsOnePass, imported and defined once per process."""
+    if not _GX:
+        import great_expectations as gx
+
+        class UnexpectedRowsOnePass(gx.expectations.UnexpectedRowsExpectation):
+            """UnexpectedRowsExpectation in one pass over the data.
+
+            The stock expectation runs its query twice (COUNT(*) of it, then its first 200 rows) and SUMMARY drops
+            the rows. Here the query (see _one_pass) returns its first rows with the number of all of them, so the
+            failing rows are counted and shown from a single execution: success iff the query returns no row."""
+
+            metric_dependencies = ("unexpected_rows_query.table",)
+
+            def _validate(self, metrics: dict, runtime_configuration: dict | None = None,
+                          execution_engine=None) -> dict:
+                rows = metrics["unexpected_rows_query.table"] or []
+                failing = int(rows[0][FAILING_ROWS]) if rows else 0
+                return {"success": failing == 0, "result": {
+                    "observed_value": failing,
+                    "details": {"unexpected_rows": [{k: v for k, v in r.items() if k != FAILING_ROWS}
+                                                    for r in rows]}}}
+
+        _GX.update(gx=gx, one_pass=UnexpectedRowsOnePass)
+    return _GX["gx"], _GX["one_pass"]
+
+
+def _one_pass(query: str) -> str:
+    """The check's query with the count of all its rows on each of its first EXAMPLE_ROWS rows."""
+    return f"SELECT count(*) OVER () AS {FAILING_ROWS}, failing.* FROM ({query}) failing LIMIT {EXAMPLE_ROWS}"
+
+
+@dataclass
+class _Context:
+    ctx: Any
+    ds: Any
+    stg: str
+    batches: dict[str, Any] = field(default_factory=dict)      # schema.table: its batch definition
+
+    def batch_definition(self, table: str):
+        if table not in self.batches:
             schema_name, table_name = table.split(".")
-            asset = ds.add_table_asset(f"a{n}_{table_name}", table_name=table_name, schema_name=schema_name)
-            batch = asset.add_batch_definition_whole_table("whole table").get_batch()
-            suite = gx.ExpectationSuite(name=f"{n}_{table_name}")
-            for p in items:
-                if p.query is not None:
-                    exp = gx.expectations.UnexpectedRowsExpectation(
-                        unexpected_rows_query=p.query, description=p.check.description, meta={"check": p.check.id})
-                else:
-                    exp = getattr(gx.expectations, p.check.expectation[0])(
-                        **p.kwargs, description=p.check.description, meta={"check": p.check.id})
-                suite.add_expectation(exp)
-            fmt: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": max(examples, 1)}
-            if KEYS.get(items[0].check.table):
-                fmt["unexpected_index_column_names"] = KEYS[items[0].check.table]
-            for er in batch.validate(suite, result_format=fmt).results:
-                by_id[er.expectation_config.meta["check"]] = _result(er, examples)
-            for p in items:
-                r = by_id.get(p.check.id)
-                if p.query is not None and r and r["failing_rows"] > 0 and not r["examples"]:
-                    r["examples"] = _examples(ds, p, examples)
-    finally:   # close every connection GX opened (its datasource and its execution engine each hold a pool)
-        for engine in (getattr(ds, "_engine", None), getattr(getattr(ds, "_execution_engine", None), "engine", None)):
-            if engine is not None:
-                engine.dispose()
+            asset = self.ds.add_table_asset(f"a{len(self.batches)}_{schema_name}_{table_name}",
+                                            table_name=table_name, schema_name=schema_name)
+            self.batches[table] = asset.add_batch_definition_whole_table("whole table")
+        return self.batches[table]
+
+    def engines(self) -> list:
+        return [e for e in (getattr(self.ds, "_engine", None),
+                            getattr(getattr(self.ds, "_execution_engine", None), "engine", None)) if e is not None]
+
+    def forget(self) -> bool:
+        """Drop what GX remembers between validations: resolved metrics and reflected table columns. False if this
+        version of GX keeps them elsewhere (then the context is not reused)."""
+        engine = self.ds.get_execution_engine()
+        if not isinstance(getattr(engine, "_metric_cache", None), dict) or not hasattr(engine, "_inspector"):
+            return False
+        engine._metric_cache.clear()
+        engine._inspector = None
+        return True
+
+    def close(self) -> None:
+        """Close every pooled connection GX opened (its datasource and execution engine each hold a pool); the
+        engines reconnect when used again."""
+        for engine in self.engines():
+            engine.dispose()
+
+
+def _context(url: str, stg: str) -> _Context:
+    """The process's GX context for the database at url and the run of staging schema stg (a new run: a new one)."""
+    gx, _ = _gx()
+    c = _CONTEXTS.pop(url, None)
+    if c is not None and (c.stg != stg or not c.forget()):
+        c.close()
+        c = None
+    if c is None:
+        from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                                ProgressBarsConfig)
+
+        ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
+        with warnings.catch_warnings():     # the generic SQL datasource also takes socket URLs, which Postgres' does not
+            warnings.simplefilter("ignore")
+            ds = ctx.data_sources.add_sql("backorders_db", connection_string=url)
+        c = _Context(ctx, ds, stg)
+    _CONTEXTS[url] = c                      # most recently used last
+    while len(_CONTEXTS) > MAX_CONTEXTS:
+        _CONTEXTS.pop(next(iter(_CONTEXTS))).close()
+    return c
+
+
+def _run_gx(url: str, planned: list[_Planned], examples: int, stg: str) -> list[dict]:
+    """Validate the planned checks with Great Expectations: one suite per table (its batch) and kind.
+
+    SQL checks: UnexpectedRowsOnePass, one execution of the query, which returns the count and the first failing
+    rows. Column and table expectations: first result format BOOLEAN_ONLY (GX computes the counts, bundled into one
+    query per table where it can, and no example rows); the ones that fail are validated again with SUMMARY and the
+    key columns of the table (KEYS) to report the failing rows and a few of their keys."""
+    gx, one_pass = _gx()
+    with _LOCK:                             # one validation at a time per process: a context is not shared
+        c = _context(url, stg)
+        try:
+            by_id = _validate(gx, one_pass, c, planned, examples)
+        except BaseException:
+            if _CONTEXTS.get(url) is c:     # not reused after an error
+                del _CONTEXTS[url]
+            raise
+        finally:
+            c.close()
     out = []
     for p in planned:
         r = by_id.get(p.check.id) or {"success": False, "failing_rows": 0, "expectation": "not run",
@@ -458,14 +539,48 @@ def _run_gx(url: str, planned: list[_Planned], examples: int) -> list[dict]:
     return out
 
 
-def _examples(ds, p: _Planned, examples: int) -> list:
-    """The first failing rows of an UnexpectedRowsExpectation, by its own query on the table itself."""
-    from sqlalchemy import text
+def _validate(gx, one_pass: type, c: _Context, planned: list[_Planned], examples: int) -> dict[str, dict]:
+    by_id: dict[str, dict] = {}
+    groups: dict[str, list[_Planned]] = {}
+    for p in planned:
+        groups.setdefault(p.table, []).append(p)
+    for n, (table, items) in enumerate(sorted(groups.items())):
+        batch = c.batch_definition(table).get_batch()
+        rows = [p for p in items if p.query is not None]
+        builtin = [p for p in items if p.query is None]
+        if rows:
+            for er in batch.validate(_suite(gx, f"{n}_rows", rows, one_pass), result_format="SUMMARY").results:
+                by_id[er.expectation_config.meta["check"]] = _result(er, examples)
+        if builtin:
+            failed = set()
+            for er in batch.validate(_suite(gx, f"{n}_columns", builtin), result_format="BOOLEAN_ONLY").results:
+                check = er.expectation_config.meta["check"]
+                if er.success and not (er.exception_info or {}).get("raised_exception"):
+                    by_id[check] = {"success": True, "failing_rows": 0, "examples": [],
+                                    "expectation": er.expectation_config.type}
+                else:
+                    failed.add(check)
+            again = [p for p in builtin if p.check.id in failed]
+            if again:
+                fmt: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": max(examples, 1)}
+                if KEYS.get(items[0].check.table):
+                    fmt["unexpected_index_column_names"] = KEYS[items[0].check.table]
+                for er in batch.validate(_suite(gx, f"{n}_failed", again), result_format=fmt).results:
+                    by_id[er.expectation_config.meta["check"]] = _result(er, examples)
+    return by_id
 
-    sql = p.query.replace("{batch}", p.table)
-    with ds.get_engine().connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM ({sql}) failing LIMIT 200"))]
-    return _shown(rows, examples)
+
+def _suite(gx, name: str, items: list[_Planned], one_pass: type | None = None):
+    suite = gx.ExpectationSuite(name=name)
+    for p in items:
+        if p.query is not None:
+            exp = one_pass(unexpected_rows_query=_one_pass(p.query), description=p.check.description,
+                           meta={"check": p.check.id})
+        else:
+            exp = getattr(gx.expectations, p.check.expectation[0])(
+                **p.kwargs, description=p.check.description, meta={"check": p.check.id})
+        suite.add_expectation(exp)
+    return suite
 
 
 def _shown(rows: list, examples: int) -> list:
@@ -489,6 +604,8 @@ def _jsonable(v: Any) -> Any:
 def _result(er, examples: int) -> dict:
     """failing rows and a few masked examples from a Great Expectations validation result."""
     kind = er.expectation_config.type
+    if kind == "unexpected_rows_one_pass":          # our one-pass subclass: the same expectation, the same result
+        kind = "unexpected_rows_expectation"
     res = er.result or {}
     info = er.exception_info or {}
     errors = [i.get("exception_message") for i in (info.values() if "raised_exception" not in info else [info])
@@ -594,8 +711,6 @@ def report_dir() -> Path:
 
 def write_report(url: str, t, folder: Path | None = None) -> Path:
     """Render the run's page (every gate run so far) and the index of runs from oms.dq_results; return the page."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
     from backorders import db
     from backorders.cycle import as_run_time, run_id_for
     from backorders.settings import TEMPLATES_DIR
@@ -629,8 +744,7 @@ def write_report(url: str, t, folder: Path | None = None) -> Path:
                  "figures": [(k.replace("_", " "), r["observed"][k]) for k in BALANCE_ORDER.get(r["check_id"], sorted(r["observed"])) if k in r["observed"]]}
                 for r in rows if r["observed"]]
     blocked_at = next((s["name"] for s in stages if s["blocked"]), None)
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=select_autoescape(default=True))
-    template = env.get_template("dq_report.html.j2")
+    template = _template(str(TEMPLATES_DIR))
     page = folder / f"{run_id_for(t)}.html"
     status = f"FAILED: blocked at the {blocked_at} gate" if blocked_at else \
         "published, every gate run" if any(s["name"] == "load" for s in stages) else f"{run[0]} (not every gate run yet)"
@@ -639,3 +753,15 @@ def write_report(url: str, t, folder: Path | None = None) -> Path:
                                     balances=balances, runs=runs), encoding="utf-8")
     (folder / "index.html").write_text(template.render(page="index", runs=runs), encoding="utf-8")
     return page
+
+
+_TEMPLATES: dict[str, Any] = {}
+
+
+def _template(folder: str):
+    """The report template, compiled once per process (Jinja reloads it if the file changes)."""
+    if folder not in _TEMPLATES:
+        from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+        _TEMPLATES[folder] = Environment(loader=FileSystemLoader(folder), autoescape=select_autoescape(default=True))
+    return _TEMPLATES[folder].get_template("dq_report.html.j2")

@@ -29,11 +29,13 @@ def pg_admin_url():
     from backorders import embedded_pg
 
     pgdata = ROOT / ".pgdata-test"
-    if embedded_pg.running_url(pgdata) is None and pgdata.exists():
+    started_here = embedded_pg.running_url(pgdata) is None
+    if started_here and pgdata.exists():
         shutil.rmtree(pgdata)
     url = embedded_pg.start(pgdata)
     yield url.replace("/backorders?", "/postgres?")
-    embedded_pg.stop(pgdata)
+    if started_here:          # a server another test session started (and still uses) is left running
+        embedded_pg.stop(pgdata)
 
 
 @pytest.fixture

@@ -7,13 +7,16 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
+from backorders import messages as M
 from backorders.messages import (
     LINE_COLUMNS,
     MAX_BODY_BYTES,
@@ -751,3 +754,109 @@ def test_fuzz_unknown_order_fields_are_kept(extra):
     raw = json.loads(result.raw_order)
     for key, value in extra.items():
         assert raw[key] == value
+
+
+# --------------------------------------------------------------------------
+# the fast paths of the parser agree with the full checks they skip
+# --------------------------------------------------------------------------
+
+def _as_data(value: Any) -> Any:
+    """A read order (pydantic models or the fast reader's namespaces) as nested plain data, leaves with their type."""
+    if isinstance(value, BaseModel):
+        return {name: _as_data(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, SimpleNamespace):
+        return {name: _as_data(item) for name, item in vars(value).items()}
+    if isinstance(value, list):
+        return [_as_data(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+def test_fast_paths_are_taken_on_the_samples():
+    for text, message in ((US_TEXT, US), (EU_TEXT, EU)):
+        found: list = []
+        doc = M._loads(text, found)
+        assert M._nothing_to_scan(text, found)
+        fast = M._read_order(order_of(message))
+        assert fast is not None
+        assert _as_data(fast) == _as_data(M.OrderIn.model_validate(order_of(message)))
+        assert M._raw_order_text(text, doc) == M._raw_value_text(text, ("params", "order"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=mutated_message())
+def test_fast_paths_agree_with_the_full_checks(text):
+    found: list = []
+    try:
+        doc = M._loads(text, found)
+    except (ValueError, RecursionError):
+        return
+    clean = M._nothing_to_scan(text, found)
+    if clean:  # the whole-document scan is skipped only when it would find nothing
+        assert M._scan_document(doc) == (None, [])
+    if not isinstance(doc, dict):
+        return
+    _, order = M._envelope_problems(doc)
+    if order is None:
+        return
+    if not found:
+        assert M._raw_order_text(text, doc) == M._raw_value_text(text, ("params", "order"))
+    if clean:  # the fast reading is used on clean documents only
+        fast = M._read_order(order)
+        try:
+            slow = M.OrderIn.model_validate(order)
+        except ValidationError:
+            slow = None
+        assert (fast is None) == (slow is None)
+        if fast is not None:
+            assert _as_data(fast) == _as_data(slow)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.permutations(["jsonrpc", "id", "method", "params"]),
+    params_extra=st.sampled_from([None, "before", "after"]),
+    space=st.sampled_from(["", " ", "\n  ", "\t", "\r\n"]),
+    message_id=st.sampled_from(['"x"', '"a\\"b,\\\\"', "7", "-3", "null", "1.5", "2e3", "[1]", "{}"]),
+)
+def test_raw_order_text_whatever_the_key_order_and_white_space(keys, params_extra, space, message_id):
+    order_text = US_TEXT[US_TEXT.index('"order"') + len('"order"') :].split(":", 1)[1].strip()
+    order_text = order_text[: order_text.rindex("}")].rstrip()[:-1].rstrip()  # params.order as written in the sample
+    assert json.loads(order_text) == US["params"]["order"]
+    envelope = {"jsonrpc": '"2.0"', "id": message_id, "method": json.dumps(M.METHOD)}
+    params = [f'"order"{space}:{space}{order_text}']
+    if params_extra == "before":
+        params.insert(0, f'"note"{space}:{space}{{"a": [1, "}}"]}}')
+    elif params_extra == "after":
+        params.append(f'"note"{space}:{space}"}}}}"')
+    members = [
+        f'"params"{space}:{space}{{{space}{("," + space).join(params)}{space}}}' if k == "params"
+        else f'"{k}"{space}:{space}{envelope[k]}'
+        for k in keys
+    ]
+    text = f"{space}{{{space}{(',' + space).join(members)}{space}}}{space}"
+    doc = json.loads(text)
+    assert M._raw_order_text(text, doc) == order_text
+    result = parse_order_message(text)
+    assert isinstance(result, ParsedOrder) and result.raw_order == order_text
+
+
+def _identifier_reference(text: str) -> bool:
+    return text != "" and M._CONTROL.search(text) is None and text.strip() == text
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(st.text(), st.text(alphabet=st.sampled_from(" \t\xa0\u2028\x85ab\x00\ud800"))))
+def test_printable_fast_path_of_the_text_validators(text):
+    def accepts(validator: Callable[[Any], Any]) -> bool:
+        try:
+            validator(text)
+        except Exception:  # noqa: BLE001 - the validators raise PydanticCustomError
+            return False
+        return True
+
+    if text.isprintable():  # what the fast paths rely on
+        assert M._CONTROL.search(text) is None and M._UNSTORABLE.search(text) is None
+        assert M._char_problem(text) is None
+    assert accepts(M._v_identifier) == _identifier_reference(text)
+    assert accepts(M._v_opt_text) == (M._CONTROL.search(text) is None)
+    assert accepts(M._v_opt_reference) == (text != "" and M._CONTROL.search(text) is None)

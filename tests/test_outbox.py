@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -375,3 +375,113 @@ def test_dag_queues_in_side_effects_and_delivers_after_the_report():
         assert task.retry_delay == timedelta(seconds=shipped.backoff_seconds)
         assert task.retry_exponential_backoff == shipped.backoff_factor
         assert not task.on_failure_callback                  # a delivery failure does not fail the cycle's run
+
+
+# ----------------------------------------------------------------------------------------------- every value, literally
+def test_the_requests_of_a_varied_run_value_by_value(oms, migrated_url, tmp_path):
+    """Partial and one-per-order captures, currencies with 0, 2 and 3 digits, several shipments of an order,
+    cancellations of several kinds (with and without a recorded refund_due_at, on two channel calendars),
+    re-authorizations and an order without payment: every column and the whole body of every request."""
+    url = migrated_url
+    rules = rules_with(tmp_path, payment_methods="""
+defaults: {reauthorize: true, reauth_interval_days: 7, authorization_validity_days: 7, partial_capture: true}
+methods: {CARD: {reauth_interval_days: 2, authorization_validity_days: 2}, INVOICE: {partial_capture: false, reauthorize: false}}
+""")
+    t1, t = D0 + timedelta(hours=6), utc("2026-03-06T22:00:00Z")      # T: Friday 17:00 in New York, 23:00 in Berlin
+    oms.order("J", [("J-1", 3, "1000", "91"), ("J-2", 1, "500", "45")], method="CARD", currency="JPY")
+    oms.order("K", [("K-1", 2, "10.125", "0.500"), ("K-2", 1, "3.333", "0")], method="CARD", currency="KWD",
+              store="EU_WEB")
+    oms.order("I", [("I-1", 3, "30.00", "2.40"), ("I-2", 2, "9.99", "0.80")], method="INVOICE")
+    oms.order("N", [("N-1", 1, "5.00", "0.40")], method=None)
+    oms.ship("J", 1, t1, [("J-1", 1)])
+    oms.ship("I", 1, t1, [("I-1", 2)])
+    queue(url, t1, rules)
+    oms.ship("J", 2, t, [("J-1", 1)])
+    oms.cancel("J", "J-1", t, 1, "CUSTOMER", "the buyer cancelled")
+    oms.ship("K", 1, t, [("K-2", 1), ("K-1", 1)])
+    oms.cancel("K", "K-1", t, 1, "NOT_BACKORDERABLE", "not backorderable")
+    oms.ship("I", 2, t, [("I-1", 1), ("I-2", 1)])
+    oms.cancel("I", "I-2", t, 1, "FTC", "no consent to the delay")
+    oms.cancel("N", "N-1", t, 1, "CUSTOMER", "the buyer cancelled")
+    with db.transaction(url) as conn, conn.cursor() as cur:            # as the lifecycle stage records it
+        cur.execute("UPDATE oms.line_cancellations SET refund_due_at = '2026-03-17T21:00:00.5Z' WHERE kind = 'FTC'")
+    oms.order("R", [("R-1", 4, "19.99", "1.60")], method="CARD", currency="EUR")   # open backorder since D0
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE oms.orders SET last_authorized_at = '2026-03-04T21:59:59.25Z' WHERE order_id = 'R'")
+    figures = queue(url, t, rules)
+    assert {k: figures[k] for k in ("captures", "refunds", "reauthorizations", "payment_requests_inserted")} == {
+        "captures": 3, "refunds": 3, "reauthorizations": 2, "payment_requests_inserted": 8}
+    got = table_rows(url, """
+        SELECT payment_request_id, idempotency_key, order_id, shipment_request_id, line_id, kind, amount::text,
+               tax_amount::text, currency, payment_method, due_at, status, reason, body
+        FROM oms.payment_requests WHERE created_at = '2026-03-06T22:00:00Z' ORDER BY idempotency_key""")
+    for row in got:                                                       # the id is the hash of the key
+        assert row[0] == outbox.payment_request_id(row[1]) == row[13]["payment_request_id"]
+    T, TX = utc("2026-03-06T22:00:00Z"), "2026-03-06T22:00:00+00:00"
+    assert [row[1:13] for row in got] == [
+        # INVOICE: one capture when nothing is left to ship, every shipped share, with the last shipment request
+        ("CAPTURE/I", "I", "SR-I-2", None, "CAPTURE", "35.00", "2.80", "USD", "INVOICE", T, "PENDING",
+         "one settlement of the whole order with its last shipment request SR-I-2"),
+        # JPY, no decimals: 1000 in thirds, 333 at t1, 334 now, 333 cancelled
+        ("CAPTURE/SR-J-2", "J", "SR-J-2", None, "CAPTURE", "334", "31", "JPY", "CARD", T, "PENDING",
+         "settlement of shipment request SR-J-2"),
+        # KWD, 3 decimals: half of 10.125 rounds half away from zero, 5.063; the cancelled half gets 5.062
+        ("CAPTURE/SR-K-1", "K", "SR-K-1", None, "CAPTURE", "8.396", "0.250", "KWD", "CARD", T, "PENDING",
+         "settlement of shipment request SR-K-1"),
+        ("REAUTHORIZE/J/" + TX, "J", None, None, "REAUTHORIZE", "500", "45", "JPY", "CARD", T, "PENDING",
+         "open backorder; last authorized 2026-03-02T00:30:00+00:00, re-authorized every 2 days"),
+        ("REAUTHORIZE/R/" + TX, "R", None, None, "REAUTHORIZE", "19.99", "1.60", "EUR", "CARD", T, "PENDING",
+         "open backorder; last authorized 2026-03-04T21:59:59.250000+00:00, re-authorized every 2 days"),
+        # the refund_due_at the lifecycle stage recorded
+        ("REFUND/I/I-2/" + TX + "/FTC", "I", None, "I-2", "REFUND", "4.99", "0.40", "USD", "INVOICE",
+         utc("2026-03-17T21:00:00.5Z"), "PENDING", "FTC: no consent to the delay"),
+        # else 7 working days on the channel's calendar: New York (EDT from the 8th), Berlin
+        ("REFUND/J/J-1/" + TX + "/CUSTOMER", "J", None, "J-1", "REFUND", "333", "30", "JPY", "CARD",
+         utc("2026-03-17T21:00:00Z"), "PENDING", "CUSTOMER: the buyer cancelled"),
+        ("REFUND/K/K-1/" + TX + "/NOT_BACKORDERABLE", "K", None, "K-1", "REFUND", "5.062", "0.250", "KWD", "CARD",
+         utc("2026-03-17T22:00:00Z"), "PENDING", "NOT_BACKORDERABLE: not backorderable")]
+
+    def body(key, kind, order, amount, tax, currency, method, reason, due=TX, **extra):
+        return {"idempotency_key": key, "kind": kind, "order_id": order, "amount": amount, "tax_amount": tax,
+                "currency": currency, "payment_method": method, "payment_reference": "PAY-1", "gateway_id": "ADYEN",
+                "transaction_id": f"TX-{order}", "requested_at": TX, "due_at": due, "reason": reason, **extra}
+
+    def line(sr, line_id, qty, amount, tax):
+        return {"shipment_request_id": sr, "line_id": line_id, "sku": f"SKU-{line_id}", "quantity": qty,
+                "amount": amount, "tax_amount": tax}
+
+    assert [{k: v for k, v in row[13].items() if k != "payment_request_id"} for row in got] == [
+        body("CAPTURE/I", "CAPTURE", "I", "35.00", "2.80", "USD", "INVOICE",
+             "one settlement of the whole order with its last shipment request SR-I-2", shipment_request_id="SR-I-2",
+             lines=[line("SR-I-1", "I-1", 2, "20.00", "1.60"), line("SR-I-2", "I-1", 1, "10.00", "0.80"),
+                    line("SR-I-2", "I-2", 1, "5.00", "0.40")]),
+        body("CAPTURE/SR-J-2", "CAPTURE", "J", "334", "31", "JPY", "CARD", "settlement of shipment request SR-J-2",
+             shipment_request_id="SR-J-2", lines=[line("SR-J-2", "J-1", 1, "334", "31")]),
+        body("CAPTURE/SR-K-1", "CAPTURE", "K", "8.396", "0.250", "KWD", "CARD", "settlement of shipment request SR-K-1",
+             shipment_request_id="SR-K-1",
+             lines=[line("SR-K-1", "K-1", 1, "5.063", "0.250"), line("SR-K-1", "K-2", 1, "3.333", "0.000")]),
+        body("REAUTHORIZE/J/" + TX, "REAUTHORIZE", "J", "500", "45", "JPY", "CARD",
+             "open backorder; last authorized 2026-03-02T00:30:00+00:00, re-authorized every 2 days"),
+        body("REAUTHORIZE/R/" + TX, "REAUTHORIZE", "R", "19.99", "1.60", "EUR", "CARD",
+             "open backorder; last authorized 2026-03-04T21:59:59.250000+00:00, re-authorized every 2 days"),
+        body("REFUND/I/I-2/" + TX + "/FTC", "REFUND", "I", "4.99", "0.40", "USD", "INVOICE",
+             "FTC: no consent to the delay", due="2026-03-17T21:00:00.500000+00:00", line_id="I-2",
+             lines=[{"line_id": "I-2", "sku": "SKU-I-2", "quantity": 1, "amount": "4.99", "tax_amount": "0.40"}]),
+        body("REFUND/J/J-1/" + TX + "/CUSTOMER", "REFUND", "J", "333", "30", "JPY", "CARD",
+             "CUSTOMER: the buyer cancelled", due="2026-03-17T21:00:00+00:00", line_id="J-1",
+             lines=[{"line_id": "J-1", "sku": "SKU-J-1", "quantity": 1, "amount": "333", "tax_amount": "30"}]),
+        body("REFUND/K/K-1/" + TX + "/NOT_BACKORDERABLE", "REFUND", "K", "5.062", "0.250", "KWD", "CARD",
+             "NOT_BACKORDERABLE: not backorderable", due="2026-03-17T22:00:00+00:00", line_id="K-1",
+             lines=[{"line_id": "K-1", "sku": "SKU-K-1", "quantity": 1, "amount": "5.062", "tax_amount": "0.250"}])]
+    assert table_rows(url, "SELECT last_authorized_at FROM oms.orders WHERE order_id IN ('J', 'R')") == [(T,), (T,)]
+    # the shipment message of K, whole: lines by line number, no address in the raw order
+    assert table_rows(url, "SELECT body FROM oms.shipment_messages WHERE shipment_request_id = 'SR-K-1'") == [({
+        "jsonrpc": "2.0", "id": "SM-SR-K-1", "method": "magento.logistics.warehouse_management.request_shipment",
+        "params": {"shipment_request": {
+            "id": "SR-K-1", "order_id": "K", "store": "EU_WEB", "source_code": "WH_PDX", "shipment_number": 1,
+            "date_requested": "2026-03-06T22:00:00Z", "shipping_method": "STANDARD",
+            "ship_by_date": "2026-04-01T00:30:00Z", "shipping_address": None,
+            "lines": [{"line_id": "K-1", "line_number": 1, "sku": "SKU-K-1", "product_name": "Product K-1", "quantity": 1},
+                      {"line_id": "K-2", "line_number": 2, "sku": "SKU-K-2", "product_name": "Product K-2",
+                       "quantity": 1}]}}},)]
+    assert queue(url, t, rules)["payment_requests_inserted"] == 0         # the same run again: nothing new

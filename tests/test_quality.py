@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 
 from backorders import cycle, db, masking, quality
 from backorders.rules import RulesError, load_rules
-from tests.conftest import ROOT, order_message, table_rows
+from tests.conftest import ROOT, Landing, order_message, table_rows
 
 T1 = "2026-03-02T06:00:00Z"
 EMAIL = "dana.reyes@example.com"
@@ -134,6 +133,90 @@ def test_each_gate_stops_the_run_on_a_blocking_failure(landing, migrated_url, mo
     assert table_rows(url, "SELECT count(*) FROM oms.notifications") == [(0,)]
     page = (reports / "cycle_20260302T060000Z.html").read_text()
     assert "blocking check" in page and "nothing of it was published" in page
+
+
+# ----------------------------------------------------------------------------------------------- one process, many gates
+def test_a_reused_context_sees_the_database_as_it_is_now(landing, migrated_url):
+    """The process keeps its GX context between gates: a check that passed and then breaks is reported, a column
+    added after GX reflected the table is seen."""
+    url = migrated_url
+    one_order(landing)
+    t = cycle.as_run_time(T1)
+    stg = cycle.staging_schema(t)
+    from backorders import lifecycle
+
+    cycle.begin_run(url, T1)                                            # the stages of run_cycle up to its first gate
+    cycle.extract_orders(url, T1)
+    lifecycle.stage_cancellations(url, T1, load_rules())
+    cycle.extract_stock(url, T1)
+    assert all(r["success"] for r in quality.run_stage(url, T1, "extract"))
+    context = quality._CONTEXTS[url]
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"UPDATE {stg}.stock SET qty_on_hand = -4")
+        cur.execute(f"ALTER TABLE {stg}.new_orders ADD COLUMN extra integer")
+    with pytest.raises(cycle.CheckFailed):
+        quality.run_stage(url, T1, "extract")
+    assert quality._CONTEXTS[url] is context                         # the same context, not a new one
+    got = dq(url)
+    assert {k for k, v in got.items() if not v[1]} == {"extract.stock_not_negative", "extract.stock_available_in_range",
+                                                     "extract.orders_columns"}
+    assert got["extract.stock_not_negative"][2] == 1 and got["extract.stock_not_negative"][3][0]["qty_on_hand"] == -4
+    # and back: repaired, the same context passes again
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"UPDATE {stg}.stock SET qty_on_hand = 5")
+        cur.execute(f"ALTER TABLE {stg}.new_orders DROP COLUMN extra")
+    assert all(r["success"] for r in quality.run_stage(url, T1, "extract"))
+
+
+@pytest.fixture
+def other_url(pg_admin_url, migrated_url):
+    """A second migrated database next to migrated_url."""
+    import psycopg2
+
+    from backorders import schema
+
+    name = migrated_url.split("?")[0].rsplit("/", 1)[1] + "_b"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = pg_admin_url.replace("/postgres?", f"/{name}?")
+    schema.upgrade(url)
+    yield url
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def test_two_databases_in_one_process_each_get_their_own_checks(landing, migrated_url, other_url, monkeypatch):
+    a, b = migrated_url, other_url
+    one_order(landing)
+    one_order(Landing(b))
+    cycle.run_cycle(a, T1)                                              # clean: every check passes
+    _corrupt_before(monkeypatch, "check_extract", "UPDATE {stg}.stock SET qty_on_hand = -4")
+    with pytest.raises(cycle.CheckFailed):
+        cycle.run_cycle(b, T1)
+    assert {k for k, v in dq(b).items() if not v[1]} == {"extract.stock_not_negative",
+                                                       "extract.stock_available_in_range"}
+    assert all(v[1] for v in dq(a).values()) and len(dq(a)) == len(quality.CHECKS)
+    assert quality._CONTEXTS[a] is not quality._CONTEXTS[b]
+    assert quality._CONTEXTS[b].ds.connection_string == b
+    # no connection of GX is left open after a gate
+    assert table_rows(b, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid()") == [(0,)]
+
+
+def test_failing_rows_are_counted_beyond_the_examples_read(landing, migrated_url, monkeypatch):
+    many = quality.Check("extract.many_failing", "a check failing on more rows than are read as examples",
+                         "{stg}.new_orders", query="SELECT o.order_id, g FROM (SELECT * FROM {batch}) o, "
+                         "generate_series(1, 450) g ORDER BY 2 DESC", default="warn")
+    monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [many])
+    one_order(landing)
+    cycle.run_cycle(migrated_url, T1)
+    blocking, success, rows, examples = dq(migrated_url)["extract.many_failing"]
+    assert (blocking, success, rows) == (False, False, 450)
+    assert len(examples) == load_rules().checks.examples and all(e["order_id"] == "Q1" for e in examples)
 
 
 # ----------------------------------------------------------------------------------------------- block or warn

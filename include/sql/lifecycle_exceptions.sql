@@ -45,16 +45,19 @@ WHERE e.kind = 'FTC_DEADLINE' AND e.closed_at IS NULL
 -- CANCEL_REQUEST_ALLOCATED (high): an order that must be cancelled (a buyer's cancel request, or an FTC cancellation)
 -- still has quantity hard-allocated and not shipped. The pipeline cancels only waiting quantity; support must stop the
 -- shipment at the warehouse. Closes when nothing of the order is allocated any more.
+-- (Driven by the few orders with a cancel request or an FTC cancellation, whose lines are read by key.)
 CREATE TABLE {stg}.cancel_allocated AS
+WITH asked AS (
+    SELECT DISTINCT r.order_id FROM landing.customer_responses r
+    WHERE lower(trim(r.response)) = 'cancel' AND r.received_at <= %(t)s
+),
+ftc AS (SELECT DISTINCT x.order_id FROM oms.line_cancellations x WHERE x.kind = 'FTC'),
+k AS (SELECT order_id FROM asked UNION SELECT order_id FROM ftc)
 SELECT l.order_id, sum(l.qty_allocated)::bigint AS qty_allocated,
-       CASE WHEN EXISTS (SELECT 1 FROM landing.customer_responses r WHERE r.order_id = l.order_id
-                         AND lower(trim(r.response)) = 'cancel' AND r.received_at <= %(t)s)
+       CASE WHEN l.order_id IN (SELECT order_id FROM asked)
             THEN 'the buyer asked to cancel' ELSE 'the FTC rule cancelled the order' END AS why
-FROM oms.order_lines l
+FROM k JOIN oms.order_lines l USING (order_id)
 WHERE l.qty_allocated > 0
-  AND (EXISTS (SELECT 1 FROM landing.customer_responses r WHERE r.order_id = l.order_id
-               AND lower(trim(r.response)) = 'cancel' AND r.received_at <= %(t)s)
-       OR EXISTS (SELECT 1 FROM oms.line_cancellations x WHERE x.order_id = l.order_id AND x.kind = 'FTC'))
 GROUP BY l.order_id;
 
 INSERT INTO oms.exceptions (exception_id, order_id, line_id, kind, severity, opened_at, details, cause_key)

@@ -20,29 +20,44 @@ catalog AS (
     ORDER BY sku, updated_at DESC NULLS LAST
 ),
 skus AS (SELECT sku FROM on_hand UNION SELECT sku FROM catalog),
+ss_all AS (SELECT max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku = '*'),
+ss_source AS (SELECT source_code, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku = '*'
+              GROUP BY source_code),
+ss_sku AS (SELECT sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku <> '*' GROUP BY sku),
+ss_pair AS (SELECT source_code, sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku <> '*'
+            GROUP BY source_code, sku),
+-- quantity hard-allocated and not shipped: the open requests (a partial index) and their lines by key, whatever
+-- the number of shipped requests in the history
 committed AS (
     SELECT r.source_code, l.sku, sum(l.quantity) AS qty
-    FROM oms.shipment_requests r JOIN oms.shipment_request_lines l USING (shipment_request_id)
+    FROM oms.shipment_requests r
+    CROSS JOIN LATERAL (SELECT l.sku, l.quantity FROM oms.shipment_request_lines l
+                        WHERE l.shipment_request_id = r.shipment_request_id OFFSET 0) l
     WHERE r.status = 'REQUESTED'
     GROUP BY r.source_code, l.sku
 ),
 available AS (
     SELECT h.source_code, h.sku,
-           greatest(floor(greatest(h.quantity, 0)) - coalesce(c.qty, 0)
-                    - coalesce((SELECT max(f.qty) FROM {stg}.safety_stock f
-                                WHERE f.source_code IN ('*', h.source_code) AND f.sku IN ('*', h.sku)), 0),
-                    0)::bigint AS qty
+           greatest(floor(greatest(h.quantity, 0)) - coalesce(c.qty, 0) - coalesce(greatest((SELECT qty FROM ss_all), f1.qty, f2.qty, f3.qty), 0), 0)::bigint AS qty
     FROM on_hand h LEFT JOIN committed c USING (source_code, sku)
+    LEFT JOIN ss_source f1 ON f1.source_code = h.source_code
+    LEFT JOIN ss_sku f2 ON f2.sku = h.sku
+    LEFT JOIN ss_pair f3 ON f3.source_code = h.source_code AND f3.sku = h.sku
+),
+-- each channel's sources (an equi-join, rather than a filter on the channel's array per stock row)
+channel_sources AS (SELECT DISTINCT ch.store, unnest(ch.sources) AS source_code FROM {stg}.lifecycle_channels ch),
+channel_qty AS (
+    SELECT cs.store, a.sku, sum(a.qty) AS qty FROM available a JOIN channel_sources cs USING (source_code)
+    GROUP BY cs.store, a.sku
 ),
 per_channel AS (
-    SELECT ch.store, s.sku, coalesce(sum(a.qty), 0)::bigint AS available_qty,
-           coalesce(max(cat.backorders_allowed::int)::boolean, bool_or(ch.backorders_enabled)) AS backorderable,
-           max(cat.restock_lead_days) AS lead_days, max(ch.availability_message) AS template
+    SELECT ch.store, s.sku, coalesce(q.qty, 0)::bigint AS available_qty,
+           coalesce(cat.backorders_allowed, ch.backorders_enabled) AS backorderable,
+           cat.restock_lead_days AS lead_days, ch.availability_message AS template
     FROM {stg}.lifecycle_channels ch
     CROSS JOIN skus s
-    LEFT JOIN available a ON a.sku = s.sku AND a.source_code = ANY (ch.sources)
+    LEFT JOIN channel_qty q ON q.store = ch.store AND q.sku = s.sku
     LEFT JOIN catalog cat ON cat.sku = s.sku
-    GROUP BY ch.store, s.sku
 )
 INSERT INTO oms.storefront_availability (store, sku, available_qty, backorderable, message, updated_at)
 SELECT store, sku, available_qty, backorderable,

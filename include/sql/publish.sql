@@ -44,8 +44,14 @@ SELECT r.order_id, r.line_id, %(t)s, d.qty_open, r.qty_available_seen, r.qty_all
 FROM {stg}.line_results r JOIN {stg}.demand d USING (order_id, line_id)
 WHERE NOT (d.is_new AND r.qty_allocated = d.qty_open);
 
+-- the lines whose quantities, status or labels may change: refresh_lines recomputes them from the events. A waiting
+-- line that the run leaves exactly as it was (nothing allocated or cancelled, the same held and backordered split and
+-- the same reason) is skipped: its recomputation would give its current values (its new attempt repeats the last one),
+-- so the cost follows the lines that change rather than every waiting line.
 CREATE TABLE {stg}.touched AS
-SELECT order_id, line_id FROM {stg}.demand
+SELECT d.order_id, d.line_id FROM {stg}.demand d JOIN {stg}.line_results r USING (order_id, line_id)
+WHERE d.is_new OR r.qty_allocated <> 0 OR r.qty_cancelled <> 0 OR r.qty_held <> d.cur_held
+   OR r.qty_backordered <> d.cur_backordered OR nullif(r.reason, '') IS DISTINCT FROM d.cur_wait_reason
 UNION
 SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN {stg}.confirmations c USING (shipment_request_id)
 UNION

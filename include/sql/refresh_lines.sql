@@ -1,14 +1,22 @@
 -- Recompute the quantities, status and labels of the lines in {stg}.touched from the event tables
 -- (shipment request lines, cancellations, attempts). Used by publish and by the rewind of runs.
--- Each touched line reads its own events through the indexes (LATERAL, per line): the cost follows the lines touched,
--- not the history, and no join estimate can turn into a nested loop over whole event tables.
-ANALYZE {stg}.touched;
+-- Each touched line reads its own row and its own events through the indexes (LATERAL, per line; OFFSET 0 keeps each
+-- lookup a per-line index probe): the cost follows the lines touched, not the history, and no join estimate can turn
+-- into a scan of a whole table. The new values are computed first ({stg}.refreshed), and only the lines whose values
+-- change are updated.
+DROP TABLE IF EXISTS {stg}.refreshed, {stg}.refreshed_orders;
+CREATE TABLE {stg}.refreshed AS
 WITH q AS (
-    SELECT ol.order_id, ol.line_id, ol.qty_ordered, alloc.qa, alloc.qs, canc.qc,
+    SELECT k.order_id, k.line_id, ol.qty_ordered, ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled,
+           ol.qty_held, ol.qty_backordered, ol.wait_reason AS cur_reason, ol.backordered_since AS cur_since,
+           ol.status AS cur_status, alloc.qa, alloc.qs, canc.qc,
            greatest(ol.qty_ordered - alloc.qa - alloc.qs - canc.qc, 0) AS open,
            coalesce(att.qty_held, 0) AS last_held, att.reason, since.first_bo
     FROM (SELECT DISTINCT order_id, line_id FROM {stg}.touched) k
-    JOIN oms.order_lines ol USING (order_id, line_id)
+    CROSS JOIN LATERAL (
+        SELECT ol.qty_ordered, ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled, ol.qty_held, ol.qty_backordered,
+               ol.wait_reason, ol.backordered_since, ol.status
+        FROM oms.order_lines ol WHERE ol.order_id = k.order_id AND ol.line_id = k.line_id OFFSET 0) ol
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(l.quantity) FILTER (WHERE r.status = 'REQUESTED'), 0) AS qa,
                coalesce(sum(l.quantity) FILTER (WHERE r.status = 'SHIPPED'), 0) AS qs
@@ -27,12 +35,23 @@ WITH q AS (
 v AS (
     SELECT q.*, least(q.open, q.last_held) AS held, q.open - least(q.open, q.last_held) AS bo FROM q
 )
+SELECT v.order_id, v.line_id, v.qty_ordered, v.qa, v.qs, v.qc, v.held, v.bo, v.open,
+       CASE WHEN v.open > 0 THEN v.reason END AS wait_reason,
+       CASE WHEN v.bo > 0 THEN coalesce(v.first_bo, %(t)s) END AS backordered_since
+FROM v
+WHERE v.cur_status = 'NEW'
+   OR (v.qty_allocated, v.qty_shipped, v.qty_cancelled, v.qty_held, v.qty_backordered, v.cur_reason, v.cur_since)
+      IS DISTINCT FROM
+      (v.qa, v.qs, v.qc, v.held, v.bo, CASE WHEN v.open > 0 THEN v.reason END,
+       CASE WHEN v.bo > 0 THEN coalesce(v.first_bo, %(t)s) END);
+ANALYZE {stg}.refreshed;
+
 UPDATE oms.order_lines ol SET
     qty_allocated = v.qa, qty_shipped = v.qs, qty_cancelled = v.qc,
     qty_held = v.held, qty_backordered = v.bo,
     is_backorder = v.bo > 0,
-    backordered_since = CASE WHEN v.bo > 0 THEN coalesce(v.first_bo, %(t)s) END,
-    wait_reason = CASE WHEN v.open > 0 THEN v.reason END,
+    backordered_since = v.backordered_since,
+    wait_reason = v.wait_reason,
     status = CASE WHEN v.bo > 0 THEN 'BACKORDERED'
                   WHEN v.held > 0 THEN 'ON_HOLD'
                   WHEN v.qa > 0 THEN 'ALLOCATED'
@@ -40,24 +59,21 @@ UPDATE oms.order_lines ol SET
                   WHEN v.qs > 0 THEN 'SHIPPED'
                   ELSE 'CANCELLED' END,
     updated_at = %(t)s
-FROM v
-WHERE ol.order_id = v.order_id AND ol.line_id = v.line_id
-  AND (ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled, ol.qty_held, ol.qty_backordered, ol.wait_reason,
-       ol.backordered_since)
-      IS DISTINCT FROM
-      (v.qa, v.qs, v.qc, v.held, v.bo, CASE WHEN v.open > 0 THEN v.reason END,
-       CASE WHEN v.bo > 0 THEN coalesce(v.first_bo, %(t)s) END)
-  OR (ol.order_id = v.order_id AND ol.line_id = v.line_id AND ol.status = 'NEW');
+FROM {stg}.refreshed v
+WHERE ol.order_id = v.order_id AND ol.line_id = v.line_id;
 
--- orders of the touched lines: status is the first that applies among their lines
-WITH o AS (SELECT DISTINCT order_id FROM {stg}.touched),
-s AS (
-    SELECT l.order_id,
-           (array['BACKORDERED', 'ON_HOLD', 'ALLOCATED', 'PARTIALLY_SHIPPED', 'SHIPPED', 'CANCELLED'])[
+-- orders of the touched lines: status is the first that applies among their lines (each order's lines read by key)
+CREATE TABLE {stg}.refreshed_orders AS
+SELECT o.order_id, s.status
+FROM (SELECT DISTINCT order_id FROM {stg}.touched) o
+CROSS JOIN LATERAL (
+    SELECT (array['BACKORDERED', 'ON_HOLD', 'ALLOCATED', 'PARTIALLY_SHIPPED', 'SHIPPED', 'CANCELLED'])[
              min(array_position(array['BACKORDERED', 'ON_HOLD', 'ALLOCATED', 'PARTIALLY_SHIPPED', 'SHIPPED', 'CANCELLED'],
                                 l.status))] AS status
-    FROM o JOIN oms.order_lines l USING (order_id)
-    GROUP BY l.order_id
-)
+    FROM oms.order_lines l WHERE l.order_id = o.order_id HAVING count(*) > 0 OFFSET 0) s
+CROSS JOIN LATERAL (SELECT ord.status FROM oms.orders ord WHERE ord.order_id = o.order_id OFFSET 0) cur
+WHERE cur.status IS DISTINCT FROM s.status;
+ANALYZE {stg}.refreshed_orders;
+
 UPDATE oms.orders ord SET status = s.status, updated_at = %(t)s
-FROM s WHERE ord.order_id = s.order_id AND ord.status IS DISTINCT FROM s.status;
+FROM {stg}.refreshed_orders s WHERE ord.order_id = s.order_id;

@@ -1,13 +1,15 @@
 -- Demand of run T: the lines new in this run and every line of earlier runs with backordered or held quantity.
 -- {stg} is the run's staging schema. shipments_used counts the order's shipment requests of earlier runs.
 -- Quantity cancelled at T before allocation ({stg}.cancellations, lifecycle.stage_cancellations) is not demand; lines
--- cancelled in full drop out.
+-- cancelled in full drop out. cur_*: the line's state before the run (publish skips the lines the run leaves as they
+-- were).
 CREATE TABLE {stg}.demand AS
 WITH cancelled AS (SELECT order_id, line_id, sum(qty)::integer AS qty FROM {stg}.cancellations GROUP BY order_id, line_id)
 SELECT * FROM (
 SELECT n.order_id, n.line_id, n.line_number, n.sku, o.store, p.pool,
        o.priority_tier, o.origin_date, n.qty_ordered - coalesce(x.qty, 0) AS qty_open, n.backorderable,
-       0 AS shipments_used, true AS is_new
+       0 AS shipments_used, true AS is_new,
+       0 AS cur_held, 0 AS cur_backordered, NULL::text AS cur_wait_reason
 FROM {stg}.new_lines n
 JOIN {stg}.new_orders o USING (order_id)
 JOIN {stg}.pools p USING (store)
@@ -16,7 +18,7 @@ UNION ALL
 SELECT l.order_id, l.line_id, l.line_number, l.sku, o.store, p.pool,
        o.priority_tier, o.origin_date, l.qty_backordered + l.qty_held - coalesce(x.qty, 0) AS qty_open, l.backorderable,
        coalesce((SELECT max(r.shipment_number) FROM oms.shipment_requests r WHERE r.order_id = l.order_id), 0),
-       false
+       false, l.qty_held, l.qty_backordered, l.wait_reason
 FROM oms.order_lines l
 JOIN oms.orders o USING (order_id)
 JOIN {stg}.pools p USING (store)

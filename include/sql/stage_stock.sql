@@ -5,12 +5,16 @@
 --    VALID. Quarantined rows, and the rows of dropped files that could not be read (landing.file_rejects), go to
 --    {stg}.quarantine with a stable source_ref; the data-quality gate checks that nothing is lost.
 -- 2. Stock for the SKUs in demand: latest valid on-hand at or before T (as_of, then received_at), minus quantity
---    hard-allocated and not shipped (confirmations of this run count as shipped), minus safety stock.
+--    hard-allocated and not shipped (confirmations of this run count as shipped), minus safety stock (the largest of
+--    the rules that match: default, per source, per SKU, per source and SKU; joined, not looked up per row).
+-- The known sources are spliced in as a constant array (%(sources)s: the sources of channels.yaml, the rows of
+-- {stg}.sources): without a sub-select the function is inlined into the queries that call it, rather than run as a
+-- plan of its own for every stock row.
 CREATE FUNCTION {stg}.stock_problem(source_code text, sku text, quantity numeric, as_of timestamptz)
 RETURNS text LANGUAGE sql STABLE AS $$
 SELECT CASE
     WHEN source_code IS NULL OR btrim(source_code) = '' THEN 'source_code is missing'
-    WHEN NOT EXISTS (SELECT 1 FROM {stg}.sources s WHERE s.source_code = stock_problem.source_code)
+    WHEN NOT (source_code = ANY (%(sources)s::text[]))
         THEN format('unknown source %%s: not a source of any channel in channels.yaml', left(source_code, 64))
     WHEN sku IS NULL OR btrim(sku) = '' THEN 'sku is missing'
     WHEN sku ~ '[[:cntrl:]]' THEN 'sku contains a control character'
@@ -67,10 +71,17 @@ on_hand AS (
       AND {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) IS NULL
     ORDER BY s.sku, s.source_code, s.as_of DESC, s.received_at DESC
 ),
+ss_all AS (SELECT max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku = '*'),
+ss_source AS (SELECT source_code, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku = '*'
+              GROUP BY source_code),
+ss_sku AS (SELECT sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku <> '*' GROUP BY sku),
+ss_pair AS (SELECT source_code, sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku <> '*'
+            GROUP BY source_code, sku),
 committed AS (
     SELECT r.source_code, l.sku, sum(l.quantity) AS qty
-    FROM oms.shipment_requests r
-    JOIN oms.shipment_request_lines l USING (shipment_request_id)
+    FROM oms.shipment_requests r     -- the open requests (a partial index), their lines by key
+    CROSS JOIN LATERAL (SELECT l.sku, l.quantity FROM oms.shipment_request_lines l
+                        WHERE l.shipment_request_id = r.shipment_request_id OFFSET 0) l
     JOIN skus ON skus.sku = l.sku
     WHERE r.status = 'REQUESTED'
       AND r.shipment_request_id NOT IN (SELECT shipment_request_id FROM {stg}.confirmations)
@@ -79,10 +90,12 @@ committed AS (
 SELECT h.source_code, h.sku,
        h.quantity::bigint AS qty_on_hand,
        coalesce(c.qty, 0)::bigint AS qty_committed,
-       coalesce((SELECT max(f.qty) FROM {stg}.safety_stock f
-                 WHERE f.source_code IN ('*', h.source_code) AND f.sku IN ('*', h.sku)), 0)::bigint AS qty_safety,
+       coalesce(greatest((SELECT qty FROM ss_all), f1.qty, f2.qty, f3.qty), 0)::bigint AS qty_safety,
        h.as_of
 FROM on_hand h
-LEFT JOIN committed c USING (source_code, sku);
+LEFT JOIN committed c USING (source_code, sku)
+LEFT JOIN ss_source f1 ON f1.source_code = h.source_code
+LEFT JOIN ss_sku f2 ON f2.sku = h.sku
+LEFT JOIN ss_pair f3 ON f3.source_code = h.source_code AND f3.sku = h.sku;
 ALTER TABLE {stg}.stock ADD COLUMN qty_available bigint;
 UPDATE {stg}.stock SET qty_available = greatest(qty_on_hand - qty_committed - qty_safety, 0);
