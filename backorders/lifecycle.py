@@ -88,9 +88,29 @@ def _order_lead(g: pd.DataFrame) -> int | None:
 
 
 def _decide_notices(frame: pd.DataFrame, t: datetime) -> list[dict]:
-    """Which orders get a first or renewed delay notice at T, with their revised date and consent deadline."""
+    """Which orders get a first or renewed delay notice at T, with their revised date and consent deadline.
+
+    frame: the candidate lines (_CANDIDATES), every open line of the FTC channels' orders. Whether a notice is due is
+    decided for all orders at once (the conditions of ftc.first_notice_due and ftc.renewed_notice_due, on columns);
+    the few orders that are due then go through the ftc module's functions one by one."""
+    if frame.empty:
+        return []
+    order_ids = frame["order_id"]
+    firsts = frame.loc[~order_ids.duplicated()].set_index("order_id")
+    leads = frame["restock_lead_days"]
+    lead = leads.groupby(order_ids, sort=False).max().where(~leads.isna().groupby(order_ids, sort=False).any())
+    lead = lead.reindex(firsts.index)
+    now = pd.Timestamp(t)
+    ship_by, deadline = firsts["ship_by_date"], firsts["deadline"]
+    waiting_first = firsts["notice_kind"].isna()
+    first_due = waiting_first & ((now >= ship_by - ftc.NOTICE_MARGIN)
+                                 | (lead.notna() & (now + pd.to_timedelta(lead.fillna(0), unit="D") > ship_by)))
+    renewed_due = ~waiting_first & deadline.notna() & (now >= deadline - ftc.NOTICE_MARGIN)
+    due = sorted(firsts.index[(first_due | renewed_due).to_numpy()])
+    rows = order_ids.groupby(order_ids, sort=False).indices
     out = []
-    for order_id, g in frame.groupby("order_id", sort=True):
+    for order_id in due:
+        g = frame.iloc[rows[order_id]]
         first = g.iloc[0]
         ship_by = first["ship_by_date"].to_pydatetime()
         lead = _order_lead(g)

@@ -178,3 +178,85 @@ def test_unusable_customer_responses_are_quarantined_once(migrated_url, landing,
         ("REJECTED_MESSAGE", "medium", "NOPE", utc(day("03-02"))),
         ("REJECTED_MESSAGE", "medium", "Q1", utc(day("03-02")))]
     assert table_rows(url, "SELECT status FROM oms.orders") == [("BACKORDERED",)]
+
+
+# ----------------------------------------------------------------------------------------------- delay-notice decisions
+def _decide_one_by_one(frame, t):
+    """The reference: every order's notice decided on its own with the ftc module (what lifecycle did before it
+    decided on columns)."""
+    import pandas as pd
+
+    from backorders import ftc
+
+    out = []
+    for order_id, g in frame.groupby("order_id", sort=True):
+        first = g.iloc[0]
+        ship_by = first["ship_by_date"].to_pydatetime()
+        leads = g["restock_lead_days"]
+        lead = None if leads.isna().any() else int(leads.max())
+        if pd.isna(first["notice_kind"]):
+            if not ftc.first_notice_due(t, ship_by, lead):
+                continue
+            kind, replaced = "FIRST", ship_by
+        else:
+            replaced = first["deadline"].to_pydatetime()
+            if not ftc.renewed_notice_due(t, replaced):
+                continue
+            kind = "RENEWED"
+        revised = ftc.revised_date(t, lead, replaced)
+        out.append((order_id, kind, ship_by, replaced, revised, ftc.consent_deadline(kind, ship_by, revised, replaced),
+                    lead, list(g["line_id"])))
+    return out
+
+
+def _candidate_orders():
+    from datetime import timedelta
+
+    from hypothesis import strategies as st
+
+    t0 = utc("2026-03-10T12:00:00+00:00")
+    hours = st.integers(min_value=-24 * 40, max_value=24 * 40).map(lambda h: t0 + timedelta(hours=h))
+    line = st.one_of(st.none(), st.integers(min_value=0, max_value=60))
+    return st.lists(st.tuples(hours, st.booleans(), hours, st.lists(line, min_size=1, max_size=4)),
+                    min_size=0, max_size=25)
+
+
+def test_delay_notices_decided_on_columns_equal_one_by_one():
+    """Hypothesis: the column-wise decision picks exactly the orders, kinds and dates of the order-by-order one."""
+    from datetime import timedelta
+
+    import pandas as pd
+    from hypothesis import given, settings
+
+    from backorders import lifecycle
+
+    @settings(max_examples=200, deadline=None)
+    @given(_candidate_orders(), st_hours_offset())
+    def check(orders, offset):
+        t = utc("2026-03-10T12:00:00+00:00") + timedelta(hours=offset)
+        rows = []
+        for n, (ship_by, renewed, deadline, leads) in enumerate(orders):
+            for k, lead in enumerate(leads):
+                rows.append({"order_id": f"O{n:03d}", "store": "US_WEB", "ship_by_date": ship_by,
+                             "customer_email": "a@example.com", "customer_name": None, "language": None,
+                             "notice_kind": "FIRST" if renewed else None,
+                             "deadline": deadline if renewed else None, "deadline_kind": "REVISED" if renewed else None,
+                             "line_id": f"L{k}", "line_number": k + 1, "sku": "S", "product_name": None,
+                             "qty_open": 1, "restock_lead_days": float("nan") if lead is None else float(lead)})
+        frame = pd.DataFrame(rows, columns=["order_id", "store", "ship_by_date", "customer_email", "customer_name",
+                                            "language", "notice_kind", "deadline", "deadline_kind", "line_id",
+                                            "line_number", "sku", "product_name", "qty_open", "restock_lead_days"])
+        frame["ship_by_date"] = pd.to_datetime(frame["ship_by_date"], utc=True)
+        frame["deadline"] = pd.to_datetime(frame["deadline"], utc=True)
+        frame["restock_lead_days"] = frame["restock_lead_days"].astype("float64")
+        got = [(n["order_id"], n["kind"], n["ship_by"], n["replaced"], n["revised"], n["consent_deadline"],
+                n["lead_days"], list(n["lines"]["line_id"])) for n in lifecycle._decide_notices(frame, t)]
+        assert got == _decide_one_by_one(frame, t)
+
+    check()
+
+
+def st_hours_offset():
+    from hypothesis import strategies as st
+
+    return st.integers(min_value=-24 * 10, max_value=24 * 10)
