@@ -54,8 +54,9 @@ SELECT DISTINCT ON (ol.order_id, ol.line_id) ol.order_id, ol.line_id, x.qty, x.k
 FROM open_lines ol
 JOIN {stg}.lifecycle_channels c ON c.store = ol.store
 LEFT JOIN ftc_due f ON f.order_id = ol.order_id
+LEFT JOIN buyer b ON b.order_id = ol.order_id       -- a join: an IN (sub-select) here ran once per open line
 CROSS JOIN LATERAL (VALUES
-    (1, 'CUSTOMER', ol.qty_open, 'cancelled at your request', ol.order_id IN (SELECT order_id FROM buyer)),
+    (1, 'CUSTOMER', ol.qty_open, 'cancelled at your request', b.order_id IS NOT NULL),
     (2, 'FTC', ol.qty_open, f.reason, f.reason IS NOT NULL),
     (3, 'AUTO_CANCEL', ol.qty_bo,
         format('still not back in stock %%s days after your order, so we cancelled it as announced',

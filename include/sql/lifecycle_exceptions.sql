@@ -54,9 +54,10 @@ WITH asked AS (
 ftc AS (SELECT DISTINCT x.order_id FROM oms.line_cancellations x WHERE x.kind = 'FTC'),
 k AS (SELECT order_id FROM asked UNION SELECT order_id FROM ftc)
 SELECT l.order_id, sum(l.qty_allocated)::bigint AS qty_allocated,
-       CASE WHEN l.order_id IN (SELECT order_id FROM asked)
+       CASE WHEN bool_or(a.order_id IS NOT NULL)
             THEN 'the buyer asked to cancel' ELSE 'the FTC rule cancelled the order' END AS why
 FROM k JOIN oms.order_lines l USING (order_id)
+LEFT JOIN asked a ON a.order_id = l.order_id
 WHERE l.qty_allocated > 0
 GROUP BY l.order_id;
 
