@@ -162,7 +162,7 @@ def begin_run(url: str, t, airflow_run_id: str | None = None, rules: Rules | Non
     said = 0.0
     while True:
         try:
-            _open_run(url, t, stg, rules, airflow_run_id, holder, allow_rewind_later)
+            rewound = _open_run(url, t, stg, rules, airflow_run_id, holder, allow_rewind_later)
             break
         except run_lock.RunLocked as exc:
             left = deadline - time.monotonic()
@@ -173,12 +173,16 @@ def begin_run(url: str, t, airflow_run_id: str | None = None, rules: Rules | Non
                 log.warning("waiting up to %.0f s for the run lock: %s", left, exc)
                 said = time.monotonic()
             time.sleep(min(1.0, left))
+    if rewound:                 # the rewind deleted the run's rows: statistics for the stages that follow
+        analyze_published(url)
     return {"run_at": t.isoformat(), "run_id": run_id_for(t), "staging": stg}
 
 
 def _open_run(url: str, t: datetime, stg: str, rules: Rules, airflow_run_id: str | None, holder: str,
-              allow_rewind_later: bool) -> None:
-    """One attempt to open the run, in one transaction (rolled back whole on a refusal or a held lock)."""
+              allow_rewind_later: bool) -> bool:
+    """One attempt to open the run, in one transaction (rolled back whole on a refusal or a held lock); True when it
+    rewound an earlier execution of T (or later runs)."""
+    rewound = False
     with db.transaction(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (run_lock.RUN_LOCK_KEY,))
         later = _later_runs(cur, t)
@@ -189,6 +193,7 @@ def _open_run(url: str, t: datetime, stg: str, rules: Rules, airflow_run_id: str
         if cur.fetchone()[0]:
             log.warning("rewinding the effects of runs at or after %s before running it again", t.isoformat())
             cur.execute(read_sql("rewind_runs"), {"t": t})
+            rewound = True
             cur.execute(f"DROP SCHEMA IF EXISTS {stg} CASCADE; CREATE SCHEMA {stg}; "
                         f"CREATE TABLE {stg}.touched AS SELECT order_id, line_id FROM rewind_touched")
             # the rewound state's timestamps are those of the last remaining run
@@ -215,6 +220,7 @@ def _open_run(url: str, t: datetime, stg: str, rules: Rules, airflow_run_id: str
             + [("*", sku, q) for sku, q in ss.skus.items()] \
             + [(src, sku, q) for src, m in ss.source_skus.items() for sku, q in m.items()]
         cur.executemany(f"INSERT INTO {stg}.safety_stock VALUES (%s, %s, %s)", rows)
+    return rewound
 
 
 # ----------------------------------------------------------------------------------------------- extract
@@ -552,7 +558,28 @@ def publish(url: str, t) -> dict:
             "exceptions_closed": _counts(cur, "SELECT count(*) FROM oms.exceptions WHERE closed_at = %s", (t,)),
         }
     log.info("published run %s: %s", t.isoformat(), figures)
+    analyze_published(url)
     return figures
+
+
+# the tables a publish writes many rows to; the stages after it plan their joins on these rows
+PUBLISHED_TABLES = ("oms.orders", "oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
+                    "oms.line_cancellations", "oms.backorder_attempts")
+
+
+def analyze_published(url: str) -> None:
+    """Refresh the planner's statistics of the tables publish wrote to (what autovacuum does later on its own).
+
+    Without it the stages after publish plan with statistics from before the run: a table that held no open shipment
+    request then holds a hundred thousand, and a join planned for one row runs once per row. ANALYZE reads a fixed
+    sample (default_statistics_target x 300 rows per table), so its cost does not grow with the history."""
+    conn = db.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("ANALYZE " + ", ".join(PUBLISHED_TABLES))
+    finally:
+        conn.close()
 
 
 # ----------------------------------------------------------------------------------------------- side effects
