@@ -115,6 +115,7 @@ def copy_frame(conn, frame, table: str, columns: Sequence[str] | None = None) ->
 
 
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
 
 
 def _copy_text(col) -> list[str]:
@@ -137,11 +138,10 @@ def _copy_text(col) -> list[str]:
     else:
         out = col.to_numpy(dtype=object)
         out = np.array([v if type(v) is str else _scalar_text(v) for v in out], dtype=object)
-        text = pd.Series(out[~missing], dtype=object)
-        if len(text) and text.str.contains(r"[\\\t\n\r]", regex=True).any():
-            for k, v in _ESCAPES.items():
-                text = text.str.replace(k, v, regex=False)
-            out[~missing] = text.to_numpy(dtype=object)
+        present = out[~missing]
+        joined = "".join(present)              # one C-level pass decides whether any value needs escaping
+        if any(ch in joined for ch in _ESCAPES):
+            out[~missing] = np.array([v.translate(_ESCAPE_TABLE) for v in present], dtype=object)
     if missing.any():
         out = np.where(missing, "\\N", out)
     return out.tolist()
