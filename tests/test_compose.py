@@ -644,3 +644,14 @@ def test_celery_broker_is_the_redis_service(airflow_services, services):
         broker = urlsplit(resolved_env(svc).get("AIRFLOW__CELERY__BROKER_URL", ""))
         assert broker.scheme == "redis" and broker.hostname == "redis", f"{name}: broker {broker.geturl()!r}"
         assert (broker.port or 6379) == 6379
+
+
+def test_business_database_has_the_embedded_servers_settings(services):
+    """The compose PostgreSQL runs with the settings the embedded server gets (backorders/embedded_pg.py SETTINGS)."""
+    from backorders.embedded_pg import SETTINGS
+
+    words = shlex.split(services["backorders-db"]["command"])
+    assert words[0] == "postgres"
+    given = dict(words[i + 1].split("=", 1) for i in range(1, len(words), 2) if words[i] == "-c")
+    assert given == SETTINGS
+    assert services["backorders-db"].get("shm_size"), "parallel hash joins need a /dev/shm bigger than the default"
