@@ -129,8 +129,11 @@ def _copy_text(col) -> list[str]:
     if pd.api.types.is_integer_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
         return col.to_numpy().astype(str).tolist()
     missing = col.isna().to_numpy()
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        out = col.dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z").to_numpy(dtype=object, na_value=None)
+    if isinstance(dtype, pd.DatetimeTZDtype):                     # one vectorized call, in UTC
+        values = col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+        out = np.datetime_as_string(values, unit="us", timezone="UTC").astype(object)
+    elif pd.api.types.is_datetime64_any_dtype(dtype):
+        out = col.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").to_numpy(dtype=object, na_value=None)
     elif pd.api.types.is_float_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
         out = col.to_numpy().astype(str).astype(object)          # repr of each float ('2.0'), as to_csv wrote them
     elif pd.api.types.is_integer_dtype(dtype):                   # nullable integers
