@@ -127,7 +127,7 @@ def _copy_text(col) -> list[str]:
     if pd.api.types.is_bool_dtype(dtype) and not isinstance(dtype, pd.BooleanDtype):
         return np.where(col.to_numpy(), "t", "f").tolist()
     if pd.api.types.is_integer_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
-        return col.to_numpy().astype(str).tolist()
+        return list(map(str, col.to_numpy().tolist()))          # Python ints: twice as fast as numpy's astype(str)
     missing = col.isna().to_numpy()
     if isinstance(dtype, pd.DatetimeTZDtype):                     # one vectorized call, in UTC
         values = col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
@@ -140,10 +140,12 @@ def _copy_text(col) -> list[str]:
         out = np.array([str(v) for v in col.to_numpy(dtype=object, na_value=0)], dtype=object)
     else:
         out = col.to_numpy(dtype=object)
-        out = np.array([v if type(v) is str else _scalar_text(v) for v in out], dtype=object)
+        if pd.api.types.infer_dtype(out, skipna=True) not in ("string", "empty"):   # C-level: all str, or missing
+            out = np.array([v if type(v) is str else _scalar_text(v) for v in out], dtype=object)
         present = out[~missing]
         joined = "".join(present)              # one C-level pass decides whether any value needs escaping
         if any(ch in joined for ch in _ESCAPES):
+            out = out.copy()                   # to_numpy may return a read-only view of the frame's data
             out[~missing] = np.array([v.translate(_ESCAPE_TABLE) for v in present], dtype=object)
     if missing.any():
         out = np.where(missing, "\\N", out)

@@ -65,8 +65,9 @@ def _maxrss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------- database
-def bench_database(url: str | None, name: str) -> str:
-    """A fresh database `name` on the server of `url` (default: the embedded server); returns its URL."""
+def bench_database(url: str | None, name: str, fresh: bool = True) -> str:
+    """The database `name` on the server of `url` (default: the embedded server), dropped and created again when
+    `fresh`; returns its URL."""
     import psycopg2
 
     if url is None:
@@ -74,13 +75,47 @@ def bench_database(url: str | None, name: str) -> str:
 
         url = embedded_pg.ensure_database()
     parts = urlsplit(url)
-    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
+    if fresh:
+        admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        admin.close()
     return urlunsplit(parts._replace(path="/" + name))
+
+
+# what a prepared benchmark database remembers about itself, so that --reuse-database can measure it again
+BENCH_STATE = "public.bench_state"
+
+
+def save_state(url: str, state: dict) -> None:
+    from backorders import db
+
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {BENCH_STATE} (doc jsonb NOT NULL)")
+        cur.execute(f"DELETE FROM {BENCH_STATE}")
+        cur.execute(f"INSERT INTO {BENCH_STATE} VALUES (%s)", (json.dumps(state, default=str),))
+
+
+def load_state(url: str) -> dict:
+    """The state of a database kept by an earlier run (--keep-database); a clear error when there is none."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(url)
+    except psycopg2.OperationalError as exc:
+        raise SystemExit(f"--reuse-database: cannot connect to {url}: {exc}".strip())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (BENCH_STATE,))
+            if cur.fetchone()[0] is None:
+                raise SystemExit(f"--reuse-database: {url} was not prepared by this benchmark (no {BENCH_STATE}); "
+                                 "run once with --keep-database first")
+            cur.execute(f"SELECT doc FROM {BENCH_STATE}")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def _child(args: list[str], timeout: float = 3600) -> dict:
@@ -415,23 +450,40 @@ def machine() -> dict:
 
 # ----------------------------------------------------------------------------------------------- main
 def run(args, out: Path) -> dict:
-    url = bench_database(args.url, args.database)
+    url = bench_database(args.url, args.database, fresh=not args.reuse_database)
+    if args.reuse_database:
+        state = load_state(url)
+        if state.get("history_lines"):
+            raise SystemExit(f"--reuse-database: {args.database} already holds {state['history_lines']:,} history "
+                             "lines, so its cycle without history cannot be measured again; prepare a new one")
+        args.open_lines, args.skus, args.days, args.seed, args.new_share = (
+            state["scale"][k] for k in ("open_lines_requested", "skus", "days", "seed", "new_share"))
     skus = args.skus or max(200, args.open_lines // 5)
     res: dict = {"command": " ".join(["python -m bench.benchmark", *sys.argv[1:]]), "machine": machine(),
                  "scale": {"open_lines_requested": args.open_lines, "skus": skus, "days": args.days, "seed": args.seed,
                            "new_share": args.new_share, "history_lines": args.history_lines,
                            "repeat": args.repeat},
                  "started_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _say(f"preparing {args.open_lines:,} lines, {skus:,} SKUs in {url}")
-    prep = _child(["_prepare", "--url", url, "--open-lines", str(args.open_lines), "--skus", str(skus),
-                   "--days", str(args.days), "--seed", str(args.seed), "--new-share", str(args.new_share)])
-    res["prepare"] = prep
-    t0, t1 = prep["t0"], prep["t1"]
-    _say(f"generated in {prep['generate_seconds']} s; first ingest at T0 {t0}")
-    res["first_ingest"] = _child(["_cycle", "--url", url, "--t", t0])
-    _save(out, res)
-    _say(f"first ingest {res['first_ingest']['wall_seconds']} s: {res['first_ingest']['summary']}")
-    vacuum_analyze(url)
+    if args.reuse_database:
+        _say(f"reusing {url}, prepared {state['prepared_at_utc']}: its first ingest is not measured again")
+        res["prepare"], res["first_ingest_earlier"] = state["prepare"], state["first_ingest"]
+        t0, t1 = state["prepare"]["t0"], state["prepare"]["t1"]
+        rewind(url, t1)
+        vacuum_analyze(url)
+    else:
+        _say(f"preparing {args.open_lines:,} lines, {skus:,} SKUs in {url}")
+        prep = _child(["_prepare", "--url", url, "--open-lines", str(args.open_lines), "--skus", str(skus),
+                       "--days", str(args.days), "--seed", str(args.seed), "--new-share", str(args.new_share)])
+        res["prepare"] = prep
+        t0, t1 = prep["t0"], prep["t1"]
+        _say(f"generated in {prep['generate_seconds']} s; first ingest at T0 {t0}")
+        res["first_ingest"] = _child(["_cycle", "--url", url, "--t", t0])
+        _save(out, res)
+        _say(f"first ingest {res['first_ingest']['wall_seconds']} s: {res['first_ingest']['summary']}")
+        vacuum_analyze(url)
+        save_state(url, {"scale": res["scale"], "prepare": prep, "first_ingest": res["first_ingest"],
+                         "prepared_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "history_lines": 0})
 
     runs = []
     for i in range(args.repeat):
@@ -450,6 +502,7 @@ def run(args, out: Path) -> dict:
         rewind(url, t1)
         _say(f"adding {args.history_lines:,} closed lines of history")
         res["history"] = add_history(url, args.history_lines, t0)
+        save_state(url, {**load_state(url), "history_lines": args.history_lines})
         _save(out, res)
         _say(f"history: {res['history']}")
         hruns = []
@@ -461,7 +514,7 @@ def run(args, out: Path) -> dict:
         res["history_cycle"] = median_runs(hruns)
     res["targets"] = targets(res)
     res["finished_at_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if not args.keep_database:
+    if not (args.keep_database or args.reuse_database):
         bench_database_drop(url)
     return res
 
@@ -513,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=None, help="server URL (default: the embedded PostgreSQL)")
     p.add_argument("--database", default="backorders_bench", help="database created (dropped first) for the run")
     p.add_argument("--keep-database", action="store_true")
+    p.add_argument("--reuse-database", action="store_true",
+                   help="measure again a database kept by an earlier run (--keep-database, no history yet): skips "
+                        "generating it and its first ingest; the scale options are taken from it")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/bench-<lines>-<time>.json)")
     args = p.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)

@@ -1,31 +1,19 @@
 -- oms.storefront_availability at T: a current-state table, recomputed in full every run (a rewind and re-run gives
 -- the same rows). One row per channel of {stg}.lifecycle_channels and SKU seen in the catalog or the stock feeds by T.
 -- available_qty: on hand at T at the channel's sources, minus quantity hard-allocated and not shipped (after this
--- run's allocation), minus safety stock, never below 0 per source. backorderable: the catalog flag where explicit,
+-- run's allocation), minus safety stock, never below 0 per source ({stg}.on_hand: on hand and safety stock at T, staged
+-- by stage_stock.sql). backorderable: the catalog flag where explicit,
 -- else the channel's backorders_enabled. message: 'In stock' when available_qty > 0; else the channel's template
 -- with the catalog's restock lead time when backorderable and the lead time is known; else 'Out of stock'.
 DELETE FROM oms.storefront_availability;
 
-WITH on_hand AS (
-    SELECT DISTINCT ON (s.sku, s.source_code) s.source_code, s.sku, s.quantity
-    FROM landing.stock_levels s
-    WHERE s.as_of <= %(t)s AND s.received_at <= %(t)s
-      AND {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) IS NULL   -- quarantined rows never count
-    ORDER BY s.sku, s.source_code, s.as_of DESC, s.received_at DESC
-),
-catalog AS (
+WITH catalog AS (
     SELECT DISTINCT ON (sku) sku, backorders_allowed, restock_lead_days
     FROM landing.catalog_items
     WHERE (updated_at IS NULL OR updated_at <= %(t)s) AND nullif(trim(sku), '') IS NOT NULL
     ORDER BY sku, updated_at DESC NULLS LAST
 ),
-skus AS (SELECT sku FROM on_hand UNION SELECT sku FROM catalog),
-ss_all AS (SELECT max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku = '*'),
-ss_source AS (SELECT source_code, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku = '*'
-              GROUP BY source_code),
-ss_sku AS (SELECT sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku <> '*' GROUP BY sku),
-ss_pair AS (SELECT source_code, sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku <> '*'
-            GROUP BY source_code, sku),
+skus AS (SELECT sku FROM {stg}.on_hand UNION SELECT sku FROM catalog),
 -- quantity hard-allocated and not shipped: the open requests (a partial index) and their lines by key, whatever
 -- the number of shipped requests in the history
 committed AS (
@@ -37,12 +25,8 @@ committed AS (
     GROUP BY r.source_code, l.sku
 ),
 available AS (
-    SELECT h.source_code, h.sku,
-           greatest(floor(greatest(h.quantity, 0)) - coalesce(c.qty, 0) - coalesce(greatest((SELECT qty FROM ss_all), f1.qty, f2.qty, f3.qty), 0), 0)::bigint AS qty
-    FROM on_hand h LEFT JOIN committed c USING (source_code, sku)
-    LEFT JOIN ss_source f1 ON f1.source_code = h.source_code
-    LEFT JOIN ss_sku f2 ON f2.sku = h.sku
-    LEFT JOIN ss_pair f3 ON f3.source_code = h.source_code AND f3.sku = h.sku
+    SELECT h.source_code, h.sku, greatest(h.qty_on_hand - coalesce(c.qty, 0) - h.qty_safety, 0)::bigint AS qty
+    FROM {stg}.on_hand h LEFT JOIN committed c USING (source_code, sku)
 ),
 -- each channel's sources (an equi-join, rather than a filter on the channel's array per stock row)
 channel_sources AS (SELECT DISTINCT ch.store, unnest(ch.sources) AS source_code FROM {stg}.lifecycle_channels ch),

@@ -11,7 +11,7 @@ WITH q AS (
            ol.qty_held, ol.qty_backordered, ol.wait_reason AS cur_reason, ol.backordered_since AS cur_since,
            ol.status AS cur_status, alloc.qa, alloc.qs, canc.qc,
            greatest(ol.qty_ordered - alloc.qa - alloc.qs - canc.qc, 0) AS open,
-           coalesce(att.qty_held, 0) AS last_held, att.reason, since.first_bo
+           coalesce(att.qty_held, 0) AS last_held, att.reason, att.first_bo
     FROM (SELECT DISTINCT order_id, line_id FROM {stg}.touched) k
     CROSS JOIN LATERAL (
         SELECT ol.qty_ordered, ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled, ol.qty_held, ol.qty_backordered,
@@ -25,12 +25,12 @@ WITH q AS (
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(c.quantity), 0) AS qc FROM oms.line_cancellations c
         WHERE c.order_id = k.order_id AND c.line_id = k.line_id) canc
-    LEFT JOIN LATERAL (
-        SELECT a.qty_held, a.reason FROM oms.backorder_attempts a
-        WHERE a.order_id = k.order_id AND a.line_id = k.line_id ORDER BY a.checked_at DESC LIMIT 1) att ON true
-    CROSS JOIN LATERAL (
-        SELECT min(a.checked_at) AS first_bo FROM oms.backorder_attempts a
-        WHERE a.order_id = k.order_id AND a.line_id = k.line_id AND a.qty_backordered > 0) since
+    CROSS JOIN LATERAL (     -- the line's attempts read once: the last one's held quantity and reason, the first backorder
+        SELECT (array_agg(a.qty_held ORDER BY a.checked_at DESC))[1] AS qty_held,
+               (array_agg(a.reason ORDER BY a.checked_at DESC))[1] AS reason,
+               min(a.checked_at) FILTER (WHERE a.qty_backordered > 0) AS first_bo
+        FROM oms.backorder_attempts a
+        WHERE a.order_id = k.order_id AND a.line_id = k.line_id) att
 ),
 v AS (
     SELECT q.*, least(q.open, q.last_held) AS held, q.open - least(q.open, q.last_held) AS bo FROM q

@@ -4,9 +4,9 @@
 --    range, as_of missing), NOT_DUE (as_of after T: ignored until a run at or after its as_of, which uses it then) or
 --    VALID. Quarantined rows, and the rows of dropped files that could not be read (landing.file_rejects), go to
 --    {stg}.quarantine with a stable source_ref; the data-quality gate checks that nothing is lost.
--- 2. Stock for the SKUs in demand: latest valid on-hand at or before T (as_of, then received_at), minus quantity
---    hard-allocated and not shipped (confirmations of this run count as shipped), minus safety stock (the largest of
---    the rules that match: default, per source, per SKU, per source and SKU; joined, not looked up per row).
+-- 2. On hand at T ({stg}.on_hand, every SKU) and the stock for the SKUs in demand: latest valid on-hand at or before T
+--    (as_of, then received_at), minus quantity hard-allocated and not shipped (confirmations of this run count as
+--    shipped), minus safety stock.
 -- The known sources are spliced in as a constant array (%(sources)s: the sources of channels.yaml, the rows of
 -- {stg}.sources): without a sub-select the function is inlined into the queries that call it, rather than run as a
 -- plan of its own for every stock row.
@@ -61,14 +61,15 @@ WHERE r.received_at <= %(t)s
   AND r.received_at > (SELECT coalesce(max(run_at), '-infinity'::timestamptz)
                        FROM oms.pipeline_runs WHERE run_at < %(t)s AND status = 'SUCCESS');
 
-CREATE TABLE {stg}.stock AS
-WITH skus AS (SELECT DISTINCT sku FROM {stg}.demand),
-on_hand AS (
+-- On hand at T of every SKU at every source (the storefront after publish reads it too): the latest valid row at or
+-- before T (as_of, then received_at), quarantined rows never count; with the safety stock of its source and SKU (the
+-- largest of the rules that match: default, per source, per SKU, per source and SKU; joined, not looked up per row).
+CREATE TABLE {stg}.on_hand AS
+WITH latest AS (
     SELECT DISTINCT ON (s.sku, s.source_code) s.source_code, s.sku, s.quantity, s.as_of
-    FROM landing.stock_levels s JOIN skus USING (sku)
+    FROM landing.stock_levels s
     WHERE s.as_of <= %(t)s AND s.received_at <= %(t)s
-      AND s.source_code IN (SELECT source_code FROM {stg}.sources)
-      AND {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) IS NULL
+      AND {stg}.stock_problem(s.source_code, s.sku, s.quantity, s.as_of) IS NULL   -- and so a source of a channel
     ORDER BY s.sku, s.source_code, s.as_of DESC, s.received_at DESC
 ),
 ss_all AS (SELECT max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku = '*'),
@@ -76,7 +77,19 @@ ss_source AS (SELECT source_code, max(qty) AS qty FROM {stg}.safety_stock WHERE 
               GROUP BY source_code),
 ss_sku AS (SELECT sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code = '*' AND sku <> '*' GROUP BY sku),
 ss_pair AS (SELECT source_code, sku, max(qty) AS qty FROM {stg}.safety_stock WHERE source_code <> '*' AND sku <> '*'
-            GROUP BY source_code, sku),
+            GROUP BY source_code, sku)
+SELECT h.source_code, h.sku, h.quantity::bigint AS qty_on_hand, h.as_of,
+       coalesce(greatest((SELECT qty FROM ss_all), f1.qty, f2.qty, f3.qty), 0)::bigint AS qty_safety
+FROM latest h
+LEFT JOIN ss_source f1 ON f1.source_code = h.source_code
+LEFT JOIN ss_sku f2 ON f2.sku = h.sku
+LEFT JOIN ss_pair f3 ON f3.source_code = h.source_code AND f3.sku = h.sku;
+ANALYZE {stg}.on_hand;
+
+-- Stock for the SKUs in demand: on hand minus quantity hard-allocated and not shipped (confirmations of this run count
+-- as shipped) minus safety stock.
+CREATE TABLE {stg}.stock AS
+WITH skus AS (SELECT DISTINCT sku FROM {stg}.demand),
 committed AS (
     SELECT r.source_code, l.sku, sum(l.quantity) AS qty
     FROM oms.shipment_requests r     -- the open requests (a partial index), their lines by key
@@ -87,15 +100,9 @@ committed AS (
       AND r.shipment_request_id NOT IN (SELECT shipment_request_id FROM {stg}.confirmations)
     GROUP BY r.source_code, l.sku
 )
-SELECT h.source_code, h.sku,
-       h.quantity::bigint AS qty_on_hand,
-       coalesce(c.qty, 0)::bigint AS qty_committed,
-       coalesce(greatest((SELECT qty FROM ss_all), f1.qty, f2.qty, f3.qty), 0)::bigint AS qty_safety,
-       h.as_of
-FROM on_hand h
-LEFT JOIN committed c USING (source_code, sku)
-LEFT JOIN ss_source f1 ON f1.source_code = h.source_code
-LEFT JOIN ss_sku f2 ON f2.sku = h.sku
-LEFT JOIN ss_pair f3 ON f3.source_code = h.source_code AND f3.sku = h.sku;
+SELECT h.source_code, h.sku, h.qty_on_hand, coalesce(c.qty, 0)::bigint AS qty_committed, h.qty_safety, h.as_of
+FROM {stg}.on_hand h
+JOIN skus USING (sku)
+LEFT JOIN committed c USING (source_code, sku);
 ALTER TABLE {stg}.stock ADD COLUMN qty_available bigint;
 UPDATE {stg}.stock SET qty_available = greatest(qty_on_hand - qty_committed - qty_safety, 0);
