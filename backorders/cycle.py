@@ -479,13 +479,17 @@ def index_allocations(url: str, t) -> None:
                     f"ANALYZE {stg}.allocations, {stg}.line_results")
 
 
-# the columns of {stg}.demand the engine reads (stage_demand.sql)
-DEMAND_COLUMNS = ("order_id, line_id, line_number, sku, store, pool, priority_tier, origin_date, qty_open, backorderable, "
-                  "shipments_used, is_new")
+# the columns of {stg}.demand the engine reads (stage_demand.sql), as the allocate stage reads them: booleans as 0/1,
+# the origin date as microseconds since the epoch (the pool is the one it allocates)
+DEMAND_READ = ("order_id, line_id, line_number, sku, store, priority_tier, "
+               "(extract(epoch FROM origin_date) * 1000000)::bigint AS origin_us, qty_open, backorderable::int "
+               "AS backorderable, shipments_used, is_new::int AS is_new")
 
 
 def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
     """Allocate one stock pool: read its demand and stock from staging, run the engine, write the results back."""
+    import pandas as pd
+
     from backorders.allocation import ChannelPolicy, allocate_pool
 
     t = as_run_time(t)
@@ -493,12 +497,13 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
     stg = staging_schema(t)
     started = time.perf_counter()
     with db.transaction(url) as conn, conn.cursor() as cur:
-        demand = db.read_frame(conn, f"SELECT {DEMAND_COLUMNS} FROM {stg}.demand WHERE pool = %(p)s", {"p": pool},
-                               dtypes={"order_id": "object", "line_id": "object", "sku": "object", "store": "object",
-                                       "pool": "object", "backorderable": "object", "is_new": "object"},
-                               parse_dates=["origin_date"])
-        demand["backorderable"] = demand["backorderable"].map({"t": True, "f": False}).astype(bool)
-        demand["is_new"] = demand["is_new"].map({"t": True, "f": False}).astype(bool)
+        # booleans as 0/1 and the origin date as microseconds since the epoch: cheaper to parse than their text
+        demand = db.read_frame(conn, f"SELECT {DEMAND_READ} FROM {stg}.demand WHERE pool = %(p)s", {"p": pool},
+                               dtypes={"order_id": "object", "line_id": "object", "sku": "object", "store": "object"})
+        demand["origin_date"] = pd.to_datetime(demand.pop("origin_us"), unit="us", utc=True)
+        demand["backorderable"] = demand["backorderable"].astype(bool)
+        demand["is_new"] = demand["is_new"].astype(bool)
+        demand["pool"] = pool
         stock = db.read_frame(conn, f"""
             SELECT s.source_code, s.sku, s.qty_available FROM {stg}.stock s
             WHERE s.source_code IN (SELECT unnest(c.sources) FROM {stg}.channels c JOIN {stg}.pools p USING (store)

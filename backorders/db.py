@@ -1,6 +1,7 @@
 """Connections to the business database, and bulk moves of frames in and out with COPY."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -114,6 +115,14 @@ def copy_frame(conn, frame, table: str, columns: Sequence[str] | None = None) ->
     return len(frame)
 
 
+@functools.lru_cache(maxsize=1)
+def _small_int_text():
+    """str(0) .. str(4095) as an object array: the texts of small non-negative integers (quantities) by lookup."""
+    import numpy as np
+
+    return np.array([str(i) for i in range(4096)], dtype=object)
+
+
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _ESCAPE_TABLE = str.maketrans(_ESCAPES)
 
@@ -127,7 +136,10 @@ def _copy_text(col) -> list[str]:
     if pd.api.types.is_bool_dtype(dtype) and not isinstance(dtype, pd.BooleanDtype):
         return np.where(col.to_numpy(), "t", "f").tolist()
     if pd.api.types.is_integer_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
-        return list(map(str, col.to_numpy().tolist()))          # Python ints: twice as fast as numpy's astype(str)
+        values = col.to_numpy()
+        if len(values) and 0 <= values.min() and values.max() < 4096:    # quantities: look the texts up
+            return _small_int_text()[values].tolist()
+        return list(map(str, values.tolist()))          # Python ints: twice as fast as numpy's astype(str)
     missing = col.isna().to_numpy()
     if isinstance(dtype, pd.DatetimeTZDtype):                     # one vectorized call, in UTC
         values = col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()

@@ -430,5 +430,6 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
                        'lines', x.lines)))::jsonb,
                regexp_replace(x.shipment_request_id, '[^A-Za-z0-9._-]', '_', 'g') || '.json', %(status)s
         FROM x
+        ORDER BY x.shipment_request_id          -- key order: the indexes take the rows page by page
         ON CONFLICT (idempotency_key) DO NOTHING""", {"t": t, "method": REQUEST_SHIPMENT, "status": status})
     return cur.rowcount

@@ -95,3 +95,40 @@ def test_benchmark_state_and_cycle_equal_the_dag_runs(airflow_home, db_url, pg_a
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
+    """--keep-database leaves a prepared database that --reuse-database measures again without generating it or
+    ingesting it anew: same scale, same staged input, same cycle figures (the run at T1 is rewound first)."""
+    import json
+
+    import psycopg2
+
+    name = "bench_reuse_test"
+    common = ["--url", pg_admin_url, "--database", name, "--history-lines", "0", "--repeat", "1"]
+    try:
+        benchmark.main(["--open-lines", "1200", "--keep-database", "--out", str(tmp_path / "first.json"), *common])
+        first = json.loads((tmp_path / "first.json").read_text())
+        benchmark.main(["--reuse-database", "--out", str(tmp_path / "again.json"), *common])
+        again = json.loads((tmp_path / "again.json").read_text())
+        assert "first_ingest" not in again and again["first_ingest_earlier"] == first["first_ingest"]
+        assert again["scale"]["open_lines_requested"] == 1200 and again["scale"] == first["scale"]
+        assert again["prepare"] == first["prepare"]
+        assert again["floor"]["rows"] == first["floor"]["rows"] and again["floor"]["rows"]["demand"] > 0
+        assert again["cycle"]["runs"][0]["summary"] == first["cycle"]["runs"][0]["summary"]
+        assert again["cycle"]["runs"][0]["summary"]["lines_allocated"] > 0
+    finally:
+        admin = psycopg2.connect(pg_admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_reuse_database_refuses_a_database_it_did_not_prepare(pg_admin_url, db_url, tmp_path):
+    name = urlsplit(db_url).path.lstrip("/")          # a migrated database, but not a benchmark's
+    with pytest.raises(SystemExit, match="was not prepared by this benchmark"):
+        benchmark.main(["--url", pg_admin_url, "--database", name, "--reuse-database", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="cannot connect"):
+        benchmark.main(["--url", pg_admin_url, "--database", "no_such_bench_db", "--reuse-database",
+                        "--out", str(tmp_path / "y.json")])

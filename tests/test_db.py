@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 import psycopg2
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from backorders import db
@@ -62,3 +63,11 @@ def test_any_text_round_trips(db_url, texts):
     frame = pd.DataFrame({"i": range(len(texts)), "s": pd.Series(texts, dtype=object)})
     rows = _load(db_url, frame, ["i", "s"])
     assert [r[4] for r in rows] == texts
+
+
+@pytest.mark.parametrize("values", [[0, 7, 4095], [0, 4095, 4096], [-1, 0, 12], [2 ** 40, 3, 0]])
+def test_integer_columns_round_trip_on_both_sides_of_the_lookup(db_url, values):
+    """Small non-negative integers are written from a lookup table, the others one by one: both give the same text."""
+    frame = pd.DataFrame({"i": np.array(values, dtype="int64"), "n": np.array(values[::-1], dtype="int64")})
+    rows = _load(db_url, frame, ["i", "n"])
+    assert sorted((r[0], r[2]) for r in rows) == sorted(zip(values, values[::-1]))

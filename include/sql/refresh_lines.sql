@@ -12,7 +12,7 @@ WITH q AS (
            ol.status AS cur_status, alloc.qa, alloc.qs, canc.qc,
            greatest(ol.qty_ordered - alloc.qa - alloc.qs - canc.qc, 0) AS open,
            coalesce(att.qty_held, 0) AS last_held, att.reason, att.first_bo
-    FROM (SELECT DISTINCT order_id, line_id FROM {stg}.touched) k
+    FROM (SELECT DISTINCT order_id, line_id FROM {stg}.touched ORDER BY 1, 2) k   -- in key order: probes walk the indexes
     CROSS JOIN LATERAL (
         SELECT ol.qty_ordered, ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled, ol.qty_held, ol.qty_backordered,
                ol.wait_reason, ol.backordered_since, ol.status
@@ -43,7 +43,8 @@ WHERE v.cur_status = 'NEW'
    OR (v.qty_allocated, v.qty_shipped, v.qty_cancelled, v.qty_held, v.qty_backordered, v.cur_reason, v.cur_since)
       IS DISTINCT FROM
       (v.qa, v.qs, v.qc, v.held, v.bo, CASE WHEN v.open > 0 THEN v.reason END,
-       CASE WHEN v.bo > 0 THEN coalesce(v.first_bo, %(t)s) END);
+       CASE WHEN v.bo > 0 THEN coalesce(v.first_bo, %(t)s) END)
+ORDER BY v.order_id, v.line_id;
 ANALYZE {stg}.refreshed;
 
 UPDATE oms.order_lines ol SET
@@ -65,14 +66,15 @@ WHERE ol.order_id = v.order_id AND ol.line_id = v.line_id;
 -- orders of the touched lines: status is the first that applies among their lines (each order's lines read by key)
 CREATE TABLE {stg}.refreshed_orders AS
 SELECT o.order_id, s.status
-FROM (SELECT DISTINCT order_id FROM {stg}.touched) o
+FROM (SELECT DISTINCT order_id FROM {stg}.touched ORDER BY 1) o
 CROSS JOIN LATERAL (
     SELECT (array['BACKORDERED', 'ON_HOLD', 'ALLOCATED', 'PARTIALLY_SHIPPED', 'SHIPPED', 'CANCELLED'])[
              min(array_position(array['BACKORDERED', 'ON_HOLD', 'ALLOCATED', 'PARTIALLY_SHIPPED', 'SHIPPED', 'CANCELLED'],
                                 l.status))] AS status
     FROM oms.order_lines l WHERE l.order_id = o.order_id HAVING count(*) > 0 OFFSET 0) s
 CROSS JOIN LATERAL (SELECT ord.status FROM oms.orders ord WHERE ord.order_id = o.order_id OFFSET 0) cur
-WHERE cur.status IS DISTINCT FROM s.status;
+WHERE cur.status IS DISTINCT FROM s.status
+ORDER BY o.order_id;
 ANALYZE {stg}.refreshed_orders;
 
 UPDATE oms.orders ord SET status = s.status, updated_at = %(t)s
