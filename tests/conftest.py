@@ -7,8 +7,11 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -38,23 +41,31 @@ def pg_admin_url():
         embedded_pg.stop(pgdata)
 
 
+@contextmanager
+def scratch_database(pg_admin_url: str, label: str) -> Iterator[str]:
+    """A new, empty database on the test server, named after this process and `label`; yields its URL and drops it
+    afterwards (forced: a test that failed half-way may leave connections open). Every test database is made here."""
+    import psycopg2
+
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in f"t{os.getpid()}_{label}".lower())[:63]
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(pg_admin_url)._replace(path="/" + name))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
 @pytest.fixture
 def db_url(pg_admin_url, request):
     """A new, empty database for one test; dropped afterwards."""
-    import psycopg2
-
-    name = f"t{os.getpid()}_{next(_counter)}_{request.node.name[:30]}".lower()
-    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = pg_admin_url.replace("/postgres?", f"/{name}?")
-    yield url
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(pg_admin_url, f"{next(_counter)}_{request.node.name[:30]}") as url:
+        yield url
 
 
 @pytest.fixture

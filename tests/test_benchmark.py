@@ -11,7 +11,7 @@ import pytest
 from backorders import db
 from backorders.allocation import ChannelPolicy, allocate_pool
 from bench import benchmark
-from tests.conftest import snapshot_oms
+from tests.conftest import scratch_database, snapshot_oms
 from tests.test_dag_e2e import airflow_home, run_dag  # noqa: F401  (the module fixture and the DAG runner)
 
 
@@ -77,24 +77,11 @@ def test_benchmark_state_and_cycle_equal_the_dag_runs(airflow_home, db_url, pg_a
     benchmark.measure_cycle(db_url, t1, keep_staging=False)
     bench_state = snapshot_oms(db_url)
 
-    other = db_url.replace("?", "_dag?")
-    name = urlsplit(other).path.lstrip("/")
-    import psycopg2
-
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database(pg_admin_url, "bench_dag") as other:
         assert benchmark.prepare(other, 1500, 300, 2, 5, 0.05)["t1"] == t1
         reports = run_dag(airflow_home, other, [t0, t1], logistics=False)
         assert [r["state"] for r in reports] == ["success", "success"]
         assert snapshot_oms(other) == bench_state
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):

@@ -18,7 +18,7 @@ BI_VIEWS = ["backorders_by_sku_age", "fill_rate_per_run", "exceptions_per_kind"]
 
 
 def test_every_oms_column_has_a_comment(migrated_url):
-    missing = table_rows(migrated_url, f"""
+    missing = table_rows(migrated_url, """
         SELECT c.relname || '.' || a.attname
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -3,14 +3,13 @@ the other waits or is refused, and stock is never allocated twice."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 import pytest
 
 from backorders import cycle, db, run_lock
-from tests.conftest import Landing, order_message, snapshot_oms, table_rows, utc
+from tests.conftest import Landing, order_message, scratch_database, snapshot_oms, table_rows, utc
 
 T0 = "2026-03-02T02:00:00Z"
 T1 = "2026-03-02T06:00:00Z"
@@ -20,19 +19,8 @@ T2 = "2026-03-02T14:00:00Z"
 @pytest.fixture
 def other_url(pg_admin_url, request):
     """A second empty database, for the same input run one run after the other."""
-    import psycopg2
-
-    name = f"t{os.getpid()}_seq_{request.node.name[:30]}".lower()
-    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield pg_admin_url.replace("/postgres?", f"/{name}?")
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(pg_admin_url, f"seq_{request.node.name[:30]}") as url:
+        yield url
 
 
 def scarce_stock(url: str) -> None:

@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from backorders import cycle, db, demo_data, embedded_pg, schema
 from backorders.cli import airflow_env, simulate_logistics
-from tests.conftest import snapshot_oms, table_rows, utc
+from tests.conftest import scratch_database, snapshot_oms, table_rows, utc
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMES = ["2026-03-02T06:00:00+00:00", "2026-03-02T14:00:00+00:00", "2026-03-02T22:00:00+00:00",
@@ -78,25 +77,12 @@ def test_dag_runs_fill_the_contract_tables_and_match_the_in_process_cycle(airflo
                               "qty_shipped + qty_backordered + qty_held + qty_cancelled") == [(0,)]
 
     # the same input through the in-process cycle (the CLI's and the benchmark's path) gives the same tables
-    other = db_url.replace("?", "_inproc?")
-    name = urlsplit(other).path.lstrip("/")
-    import psycopg2
-
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database(pg_admin_url, "inproc_demo") as other:
         load_demo(other)
         for t in TIMES:
             simulate_logistics(other, utc(t))
             cycle.run_cycle(other, t)
         assert snapshot_oms(other) == snapshot_oms(db_url)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
     # re-running the latest T under Airflow leaves every oms table identical
     before = snapshot_oms(db_url)

@@ -7,7 +7,6 @@ import copy
 import json
 import logging
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from backorders import cycle, db

@@ -10,7 +10,7 @@ import pytest
 
 from backorders import cycle, db, masking, quality
 from backorders.rules import RulesError, load_rules
-from tests.conftest import ROOT, Landing, order_message, table_rows
+from tests.conftest import ROOT, Landing, order_message, scratch_database, table_rows
 
 T1 = "2026-03-02T06:00:00Z"
 EMAIL = "dana.reyes@example.com"
@@ -169,24 +169,13 @@ def test_a_reused_context_sees_the_database_as_it_is_now(landing, migrated_url):
 
 
 @pytest.fixture
-def other_url(pg_admin_url, migrated_url):
+def other_url(pg_admin_url, migrated_url, request):
     """A second migrated database next to migrated_url."""
-    import psycopg2
-
     from backorders import schema
 
-    name = migrated_url.split("?")[0].rsplit("/", 1)[1] + "_b"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = pg_admin_url.replace("/postgres?", f"/{name}?")
-    schema.upgrade(url)
-    yield url
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(pg_admin_url, f"b_{request.node.name[:30]}") as url:
+        schema.upgrade(url)
+        yield url
 
 
 def test_two_databases_in_one_process_each_get_their_own_checks(landing, migrated_url, other_url, monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from backorders import cycle, embedded_pg, schema
-from tests.conftest import Landing, order_message, snapshot_oms, table_rows, utc
+from tests.conftest import Landing, order_message, scratch_database, snapshot_oms, table_rows, utc
 
 ROOT = Path(__file__).resolve().parent.parent
 T1, T2, T3 = "2026-03-02T06:00:00+00:00", "2026-03-02T14:00:00+00:00", "2026-03-02T22:00:00+00:00"
@@ -239,19 +239,8 @@ def test_stock_feed_watch_emits_the_asset_only_when_stock_landed(airflow_home, m
 @pytest.fixture
 def fresh_url(pg_admin_url, request):
     """A second empty database."""
-    import psycopg2
-
-    name = f"t{os.getpid()}_fresh_{request.node.name[:30]}".lower()
-    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield pg_admin_url.replace("/postgres?", f"/{name}?")
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(pg_admin_url, f"fresh_{request.node.name[:30]}") as url:
+        yield url
 
 
 @pytest.mark.e2e

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 
 from backorders import cycle, db, demo_data, schema  # noqa: E402
 from backorders.cli import schedule_times, simulate_logistics  # noqa: E402
+from tests.conftest import scratch_database  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DEMO_START = demo_data.datetime(2026, 3, 2, tzinfo=demo_data.UTC)
@@ -31,26 +32,15 @@ DEMO_START = demo_data.datetime(2026, 3, 2, tzinfo=demo_data.UTC)
 @pytest.fixture(scope="module")
 def demo_url(pg_admin_url):
     """A database with demo data after two days of runs (module-wide: the pages only read it)."""
-    import psycopg2
-
-    name = f"t{os.getpid()}_ui_demo"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = pg_admin_url.replace("/postgres?", f"/{name}?")
-    schema.upgrade(url)
-    data = demo_data.generate_demo(400, seed=5, start=DEMO_START, days=2)
-    with db.transaction(url) as conn:
-        demo_data.write_landing(conn, data)
-    for t in schedule_times(DEMO_START, 2):
-        simulate_logistics(url, t)
-        cycle.run_cycle(url, t)
-    yield url
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(pg_admin_url, "ui_demo") as url:
+        schema.upgrade(url)
+        data = demo_data.generate_demo(400, seed=5, start=DEMO_START, days=2)
+        with db.transaction(url) as conn:
+            demo_data.write_landing(conn, data)
+        for t in schedule_times(DEMO_START, 2):
+            simulate_logistics(url, t)
+            cycle.run_cycle(url, t)
+        yield url
 
 
 def _free_port() -> int:
