@@ -488,8 +488,6 @@ DEMAND_READ = ("order_id, line_id, line_number, sku, store, priority_tier, "
 
 def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
     """Allocate one stock pool: read its demand and stock from staging, run the engine, write the results back."""
-    import pandas as pd
-
     from backorders.allocation import ChannelPolicy, allocate_pool
 
     t = as_run_time(t)

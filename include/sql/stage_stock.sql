@@ -100,9 +100,8 @@ committed AS (
       AND r.shipment_request_id NOT IN (SELECT shipment_request_id FROM {stg}.confirmations)
     GROUP BY r.source_code, l.sku
 )
-SELECT h.source_code, h.sku, h.qty_on_hand, coalesce(c.qty, 0)::bigint AS qty_committed, h.qty_safety, h.as_of
+SELECT h.source_code, h.sku, h.qty_on_hand, coalesce(c.qty, 0)::bigint AS qty_committed, h.qty_safety, h.as_of,
+       greatest(h.qty_on_hand - coalesce(c.qty, 0) - h.qty_safety, 0)::bigint AS qty_available
 FROM {stg}.on_hand h
 JOIN skus USING (sku)
 LEFT JOIN committed c USING (source_code, sku);
-ALTER TABLE {stg}.stock ADD COLUMN qty_available bigint;
-UPDATE {stg}.stock SET qty_available = greatest(qty_on_hand - qty_committed - qty_safety, 0);
