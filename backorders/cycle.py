@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -373,16 +374,41 @@ def _enrich(conn, orders: pd.DataFrame, lines: pd.DataFrame, rules: Rules, t: da
     return orders, lines
 
 
-def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
-    """Stage the demand (new lines and waiting lines), the shipment confirmations to apply and the stock available at T."""
+def stage_on_hand(url: str, t, rules: Rules | None = None) -> dict:
+    """Classify the stock rows received for run T ({stg}.stock_intake) and stage the on hand at T of every SKU and
+    source with its safety stock ({stg}.on_hand). Reads no order: the DAG runs it next to extract_orders and
+    stage_cancellations. Running it again replaces what it staged."""
     t = as_run_time(t)
     rules = rules or load_rules()
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
+        _stage_on_hand(cur, stg, t, rules)
+        figures = {"stock_rows_received": _counts(cur, f"SELECT count(*) FROM {stg}.stock_intake"),
+                   "on_hand_rows": _counts(cur, f"SELECT count(*) FROM {stg}.on_hand")}
+    log.info("on hand at %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def _stage_on_hand(cur, stg: str, t: datetime, rules: Rules) -> None:
+    cur.execute(f"DROP TABLE IF EXISTS {stg}.on_hand, {stg}.stock_intake; "
+                f"DROP FUNCTION IF EXISTS {stg}.stock_problem(text, text, numeric, timestamptz)")
+    cur.execute(_sql("stage_on_hand", stg), {"t": t, "sources": sorted(rules.sources)})
+
+
+def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
+    """Stage the demand (new lines and waiting lines), the shipment confirmations to apply and the stock available at T
+    (from the on hand of stage_on_hand, which this stages first if it has not run)."""
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT to_regclass('{stg}.on_hand')")
+        if cur.fetchone()[0] is None:
+            _stage_on_hand(cur, stg, t, rules)
         _add_unlisted_stores(cur, stg, rules)
         cur.execute(_sql("stage_demand", stg), {"t": t})
         cur.execute(_sql("stage_confirmations", stg), {"t": t})
-        cur.execute(_sql("stage_stock", stg), {"t": t, "sources": sorted(rules.sources)})
+        cur.execute(_sql("stage_stock", stg), {"t": t})
         cur.execute(f"ANALYZE {stg}.demand; ANALYZE {stg}.stock")
         figures = {
             "demand_lines": _counts(cur, f"SELECT count(*) FROM {stg}.demand"),
@@ -665,7 +691,10 @@ def format_summary(s: dict) -> str:
 def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | None = None,
               allow_rewind_later: bool = False, lock_wait: float = 600.0, keep_staging: bool = False,
               deliver: bool = False) -> dict:
-    """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it).
+    """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it). The tasks
+    the DAG runs side by side run here at the same time too, one thread and connection each: the on hand next to the
+    orders' extract and cancellations; the lifecycle, the storefront and the load gate after publish; the three
+    outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own).
 
     If another run holds the run lock, waits for it up to lock_wait seconds (then run_lock.RunLocked).
     keep_staging keeps the run's staging schema (the benchmark measures its floor on the same staged input).
@@ -677,19 +706,38 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
     rules = rules or load_rules()
     timings: dict[str, float] = {}
 
+    parallel: dict[str, dict] = {}
+
     def timed(name, fn, *args, **kw):
         started = time.perf_counter()
         out = fn(*args, **kw)
         timings[name] = round(time.perf_counter() - started, 3)
         return out
 
+    def timed_together(block: str, *branches: list[tuple]) -> dict:
+        """Run branches of stages at the same time, one thread (and connection) each, as the DAG runs their tasks:
+        a branch is a list of (name, function, *args) run one after the other. The first failure is raised once
+        every branch has ended. The common wall time goes to parallel[block], each stage's own to timings."""
+        def run(branch):
+            return {name: timed(name, fn, *args) for name, fn, *args in branch}
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(branches), thread_name_prefix=block) as pool:
+            futures = [pool.submit(run, branch) for branch in branches]
+            wait(futures)
+        parallel[block] = {"wall": round(time.perf_counter() - started, 3),
+                           "stages": [name for branch in branches for name, *_ in branch]}
+        return {name: out for f in futures for name, out in f.result().items()}
+
     from backorders.file_drop import load_folder
 
     timed("load_files", load_folder, url, t)
     timed("begin", begin_run, url, t, airflow_run_id, rules, allow_rewind_later, lock_wait)
     try:
-        timed("extract_orders", extract_orders, url, t, rules)
-        timed("stage_cancellations", lifecycle.stage_cancellations, url, t, rules)
+        timed_together("extract",
+                       [("extract_orders", extract_orders, url, t, rules),
+                        ("stage_cancellations", lifecycle.stage_cancellations, url, t, rules)],
+                       [("stage_on_hand", stage_on_hand, url, t, rules)])
         timed("extract_stock", extract_stock, url, t, rules)
         timed("check_extract", check_extract, url, t)
         timed("prepare_allocation", prepare_allocation, url, t)
@@ -697,12 +745,17 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
             timed(f"allocate[{pool}]", allocate, url, t, pool, rules)
         timed("check_allocation", check_allocation, url, t)
         timed("publish", publish, url, t)
-        timed("apply_after_publish", lifecycle.apply_after_publish, url, t, rules)
-        timed("check_load", check_load, url, t)
-        timed("queue_notifications", queue_notifications, url, t, rules)
-        timed("queue_outboxes", outbox.queue_outboxes, url, t, rules)
+        timed_together("after_publish",
+                       [("apply_after_publish", lifecycle.apply_after_publish, url, t, rules)],
+                       [("refresh_storefront", lifecycle.refresh_storefront, url, t, rules)],
+                       [("check_load", check_load, url, t)])
+        timed_together("side_effects",
+                       [("queue_notifications", queue_notifications, url, t, rules)],
+                       [("queue_payment_requests", outbox.queue_payment_requests, url, t, rules)],
+                       [("queue_shipment_messages", outbox.queue_shipment_messages, url, t, rules)])
         timed("delivery_window", outbox.apply_delivery_window, url, t, rules)
-        summary = timed("finish", finish_run, url, t, {"seconds": timings}, keep_staging) | {"seconds": timings}
+        figures = {"seconds": timings, "parallel": parallel}
+        summary = timed("finish", finish_run, url, t, figures, keep_staging) | figures
     except Exception as exc:
         fail_run(url, t, f"{type(exc).__name__}: {exc}", airflow_run_id)
         raise

@@ -184,31 +184,58 @@ def _send_notices(conn, cur, stg: str, t: datetime, rules: Rules) -> int:
     return len(notices)
 
 
+def _ensure_channel_table(cur, stg: str, rules: Rules, t: datetime) -> None:
+    """{stg}.lifecycle_channels as stage_cancellations left it; in a partial run where it did not run, made here (once:
+    apply_after_publish and refresh_storefront run at the same time)."""
+    # pg_class is read with the statement's snapshot: to_regclass could answer from a cache not yet told of the table
+    # the other transaction committed while this one waited for the lock
+    exists = ("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "WHERE n.nspname = %s AND c.relname = 'lifecycle_channels'")
+    cur.execute(exists, (stg,))
+    if not cur.fetchone()[0]:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{stg}.lifecycle_channels",))
+        cur.execute(exists, (stg,))
+        if not cur.fetchone()[0]:
+            _channel_table(cur, stg, rules, t)
+
+
 def apply_after_publish(url: str, t, rules: Rules | None = None) -> dict:
     """After publish at T: consent to earlier notices, the delay notices due now (with their emails), the FTC_DEADLINE
-    and CANCEL_REQUEST_ALLOCATED exceptions, the FTC trail on oms.orders and oms.storefront_availability."""
+    and CANCEL_REQUEST_ALLOCATED exceptions and the FTC trail on oms.orders."""
     from backorders.cycle import as_run_time, staging_schema
 
     t = as_run_time(t)
     rules = rules or load_rules()
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT to_regclass('{stg}.lifecycle_channels')")
-        if cur.fetchone()[0] is None:          # stage_cancellations did not run (a partial run): settings only
-            _channel_table(cur, stg, rules, t)
+        _ensure_channel_table(cur, stg, rules, t)
         cur.execute(_sql("lifecycle_consent", stg), {"t": t})
         sent = _send_notices(conn, cur, stg, t, rules)
         params = {"t": t, "margin": ftc.NOTICE_MARGIN}
         cur.execute(f"DROP TABLE IF EXISTS {stg}.ftc_near, {stg}.cancel_allocated")
         cur.execute(_sql("lifecycle_exceptions", stg), params)
         cur.execute(_sql("lifecycle_order_trail", stg), params)
-        cur.execute(_sql("lifecycle_storefront", stg), params)
         cur.execute("""SELECT
             (SELECT count(*) FROM oms.delay_notices WHERE decided_at = %(t)s AND consent = 'EXPRESS'),
-            (SELECT count(*) FROM oms.delay_notices WHERE decided_at = %(t)s AND consent = 'IMPLIED'),
-            (SELECT count(*) FROM oms.storefront_availability)""", params)
-        express, implied, storefront = (int(v) for v in cur.fetchone())
-    figures = {"delay_notices": sent, "consent_express": express, "consent_implied": implied,
-               "storefront_rows": storefront}
+            (SELECT count(*) FROM oms.delay_notices WHERE decided_at = %(t)s AND consent = 'IMPLIED')""", params)
+        express, implied = (int(v) for v in cur.fetchone())
+    figures = {"delay_notices": sent, "consent_express": express, "consent_implied": implied}
     log.info("lifecycle after publish at %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def refresh_storefront(url: str, t, rules: Rules | None = None) -> dict:
+    """After publish at T: oms.storefront_availability recomputed from the on hand at T and the open shipment
+    requests. Reads nothing apply_after_publish writes: the DAG runs the two (and the load gate) at the same time."""
+    from backorders.cycle import as_run_time, staging_schema
+
+    t = as_run_time(t)
+    rules = rules or load_rules()
+    stg = staging_schema(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        _ensure_channel_table(cur, stg, rules, t)
+        cur.execute(_sql("lifecycle_storefront", stg), {"t": t})
+        cur.execute("SELECT count(*) FROM oms.storefront_availability")
+        figures = {"storefront_rows": int(cur.fetchone()[0])}
+    log.info("storefront availability at %s: %s", t.isoformat(), figures)
     return figures

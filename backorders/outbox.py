@@ -55,17 +55,18 @@ def payment_request_id(key: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the stage
-def queue_outboxes(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
-    """The side_effects stage of run T (after publish): captures, refunds and re-authorizations in
-    oms.payment_requests, AUTHORIZATION_EXPIRED exceptions, request_shipment messages in oms.shipment_messages.
+def _status(t: datetime, rules: Rules, now: datetime | None) -> tuple[bool, str]:
+    deliverable = is_deliverable(t, now, rules.outbox.delivery.window_days)
+    return deliverable, "PENDING" if deliverable else "SUPPRESSED"
 
-    Rows are PENDING, or SUPPRESSED when T is older than the delivery window. One transaction. Set-based: every
-    request and message is built (ids, amounts, JSON bodies) and inserted by SQL, from the rows of the run."""
+
+def queue_payment_requests(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
+    """Captures, refunds and re-authorizations of run T in oms.payment_requests, and the AUTHORIZATION_EXPIRED
+    exceptions. Rows are PENDING, or SUPPRESSED when T is older than the delivery window. One transaction,
+    set-based: every request is built (ids, amounts, JSON bodies) and inserted by SQL from the rows of the run."""
     t = _run_time(t)
     rules = rules or load_rules()
-    settings = rules.outbox
-    deliverable = is_deliverable(t, now, settings.delivery.window_days)
-    status = "PENDING" if deliverable else "SUPPRESSED"
+    deliverable, status = _status(t, rules, now)
     with db.transaction(url) as conn, conn.cursor() as cur:
         # the run's events, orders and bodies sort, hash and stay in memory (a new session: temp_buffers can be set)
         cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
@@ -74,19 +75,35 @@ def queue_outboxes(url: str, t, rules: Rules | None = None, now: datetime | None
         _reauthorizations(cur, t)
         built, inserted = _insert_requests(cur, t, rules, status)
         lapsed, closed = _authorization_exceptions(cur, t)
-        messages = _shipment_messages(cur, t, status) if settings.shipment_messages.enabled else 0
     figures = {"deliverable": deliverable, "status": status,
                "captures": built.get("CAPTURE", 0), "refunds": built.get("REFUND", 0),
                "reauthorizations": built.get("REAUTHORIZE", 0),
                "payment_requests_inserted": inserted, "authorizations_expired": lapsed,
-               "authorization_exceptions_closed": closed, "shipment_messages": messages}
-    log.info("queued payment requests and shipment messages at %s: %s", t.isoformat(), figures)
+               "authorization_exceptions_closed": closed}
+    log.info("queued payment requests at %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def queue_shipment_messages(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
+    """The request_shipment messages of run T in oms.shipment_messages (none when outbox.yaml disables them). Rows are
+    PENDING, or SUPPRESSED when T is older than the delivery window. One transaction, one INSERT ... SELECT.
+    Independent of queue_payment_requests: the two run at the same time (two tasks, two connections)."""
+    t = _run_time(t)
+    rules = rules or load_rules()
+    deliverable, status = _status(t, rules, now)
+    messages = 0
+    if rules.outbox.shipment_messages.enabled:
+        with db.transaction(url) as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
+            messages = _shipment_messages(cur, t, status)
+    figures = {"deliverable": deliverable, "status": status, "shipment_messages": messages}
+    log.info("queued shipment messages at %s: %s", t.isoformat(), figures)
     return figures
 
 
 def apply_delivery_window(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
     """Mark every outbox row of run T that is still PENDING and never attempted as SUPPRESSED when T is older than the
-    delivery window. With queue_outboxes, the only place that compares T with the wall clock. Idempotent; a no-op
+    delivery window. With queue_payment_requests and queue_shipment_messages, the only place that compares T with the wall clock. Idempotent; a no-op
     for a recent T. (Emails are queued by cycle.queue_notifications and the lifecycle stage: this is how they get
     the window too; in-process right after queueing, under Airflow at the start of deliver_notifications.)"""
     t = _run_time(t)
@@ -121,40 +138,32 @@ _PM = "JOIN LATERAL (SELECT * FROM pm WHERE pm.method IN (o.payment_method, '*')
 
 
 def _money_events(cur, t: datetime) -> None:
-    """mo: the orders that run T touched (a shipment request or a cancellation of T) with their payment settings,
-    currency digits and what the shipment messages need (shipping method, ship-by date, the addresses and lines of
-    raw_order). money_ev: every quantity event (shipment request line, cancellation) of those orders, with its share of
-    the line's gross and tax amounts (and the order line's number, sku and product name, the request line's sku).
+    """mo: the orders that run T touched (a shipment request or a cancellation of T) with their payment settings and
+    currency digits. money_ev: every quantity event (shipment request line, cancellation) of those orders, with its
+    share of the line's gross and tax amounts (and the order line's number and sku).
 
     Shares are cumulative differences, round(amount * cumulative qty / ordered) minus the same before the event, in
     event order (T, shipment requests before cancellations, shipment number, cancellation kind): the shares of one
     line always add up to exactly its amount, whatever the split (10.00 in three parts: 3.33, 3.34, 3.33).
 
     Both follow the orders of the run: the history is joined by order (index lookups once it outgrows the run), and
-    oms.orders, whose rows are wide, is read once for the whole stage."""
+    Of oms.orders, whose rows are wide, only narrow columns are read (raw_order is not decompressed)."""
     cur.execute(f"""
         CREATE TEMP TABLE mo ON COMMIT DROP AS
-        SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture,
-               o.shipping_method, o.ship_by_date,       -- and what the shipment messages need of the order
-               CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
-               CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
+        SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture
         FROM (SELECT order_id FROM oms.shipment_requests WHERE requested_at = %(t)s
               UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s) k
-        JOIN oms.orders o ON o.order_id = k.order_id {_PM}
-        -- raw_order is read (decompressed) once per key: OFFSET 0 keeps the planner from repeating the expressions
-        CROSS JOIN LATERAL (SELECT o.raw_order -> 'addresses' AS addresses, o.raw_order -> 'lines' AS lines
-                            OFFSET 0) r""", {"t": t})
-    # a key and row counts for the planner (the narrow columns only: the jsonb ones would cost more than the rest)
-    cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo (order_id, store, payment_method)")
+        JOIN oms.orders o ON o.order_id = k.order_id {_PM}""", {"t": t})
+    cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo")
     cur.execute("""
         CREATE TEMP TABLE money_ev ON COMMIT DROP AS
         WITH e AS (
             SELECT k.order_id, l.line_id, r.requested_at AS at, 0 AS rnk, r.shipment_number AS seq, '' AS ckind,
-                   r.shipment_request_id, l.quantity, k.digits, l.sku AS request_sku
+                   r.shipment_request_id, l.quantity, k.digits
             FROM mo k JOIN oms.shipment_requests r ON r.order_id = k.order_id
             JOIN oms.shipment_request_lines l ON l.shipment_request_id = r.shipment_request_id
             UNION ALL
-            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits, NULL
+            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits
             FROM mo k JOIN oms.line_cancellations c ON c.order_id = k.order_id
         ),
         c AS (
@@ -163,7 +172,7 @@ def _money_events(cur, t: datetime) -> None:
             FROM e
         ),
         v AS (
-            SELECT c.*, ol.line_number, ol.sku, ol.product_name, ol.qty_ordered, coalesce(ol.gross_amount, 0) AS gross,
+            SELECT c.*, ol.line_number, ol.sku, ol.qty_ordered, coalesce(ol.gross_amount, 0) AS gross,
                    coalesce(ol.tax_amount, 0) AS tax
             FROM c JOIN oms.order_lines ol ON ol.order_id = c.order_id AND ol.line_id = c.line_id
         )
@@ -378,8 +387,9 @@ def _authorization_exceptions(cur, t: datetime) -> tuple[int, int]:
 def _shipment_messages(cur, t: datetime, status: str) -> int:
     """One magento.logistics.warehouse_management.request_shipment message (JSON-RPC 2.0) per shipment request of T:
     the request, the order's shipping method and ship-by date, the shipping address of its lines, and its lines."""
-    # the requests of T in a temp table with statistics: the table's own statistics predate this run's rows (the
-    # planner would expect a handful and could join them to their lines by a nested loop over every line)
+    # the requests of T, and their orders, in temp tables with statistics: the tables' own statistics predate this
+    # run's rows (the planner would expect a handful and could join them to their lines by a nested loop over every
+    # line). raw_order is read (decompressed) once per order: OFFSET 0 keeps the planner from repeating the expressions
     cur.execute("""
         CREATE TEMP TABLE sr ON COMMIT DROP AS
         SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
@@ -387,28 +397,36 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
         WHERE r.requested_at = %(t)s
           AND NOT EXISTS (SELECT 1 FROM oms.shipment_messages m
                           WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id);
-        ANALYZE sr""", {"t": t})
+        ANALYZE sr;
+        CREATE TEMP TABLE so ON COMMIT DROP AS
+        SELECT o.order_id, o.store, o.shipping_method, o.ship_by_date,
+               CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
+               CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
+        FROM (SELECT DISTINCT order_id FROM sr) k JOIN oms.orders o ON o.order_id = k.order_id
+        CROSS JOIN LATERAL (SELECT o.raw_order -> 'addresses' AS addresses, o.raw_order -> 'lines' AS lines
+                            OFFSET 0) r;
+        ALTER TABLE so ADD PRIMARY KEY (order_id);
+        ANALYZE so (order_id)""", {"t": t})
     cur.execute(f"""
         WITH
         -- the body is built as json (text) and parsed into jsonb once: nested jsonb_build_object calls would
         -- re-serialize the lines at every level
-        -- the lines of the requests of T with their order lines are in money_ev already (their orders are in mo)
         ln AS (
-            SELECT e.shipment_request_id,
-                   json_agg(json_build_object('line_id', e.line_id, 'line_number', e.line_number, 'sku', e.request_sku,
-                                              'product_name', e.product_name, 'quantity', e.quantity)
-                            ORDER BY e.line_number) AS lines,
-                   (array_agg(e.line_id ORDER BY e.line_number))[1] AS first_line
-            FROM money_ev e
-            WHERE e.rnk = 0 AND e.at = %(t)s
-            GROUP BY e.shipment_request_id
+            SELECT l.shipment_request_id,
+                   json_agg(json_build_object('line_id', l.line_id, 'line_number', ol.line_number, 'sku', l.sku,
+                                              'product_name', ol.product_name, 'quantity', l.quantity)
+                            ORDER BY ol.line_number) AS lines,
+                   (array_agg(l.line_id ORDER BY ol.line_number))[1] AS first_line
+            FROM sr JOIN oms.shipment_request_lines l ON l.shipment_request_id = sr.shipment_request_id
+            JOIN oms.order_lines ol ON ol.order_id = l.order_id AND ol.line_id = l.line_id
+            GROUP BY l.shipment_request_id
         ),
         x AS MATERIALIZED (
             SELECT sr.*, ln.lines, o.store, o.shipping_method, o.ship_by_date, o.addresses,
                    (SELECT e ->> 'shipping_address_reference' FROM jsonb_array_elements(o.raw_lines) e
                     WHERE e ->> 'id' = ln.first_line LIMIT 1) AS addr_ref
             FROM sr LEFT JOIN ln ON ln.shipment_request_id = sr.shipment_request_id
-            JOIN mo o ON o.order_id = sr.order_id         -- every order with a request of T is in mo
+            JOIN so o ON o.order_id = sr.order_id
         )
         INSERT INTO oms.shipment_messages (message_id, idempotency_key, shipment_request_id, order_id, source_code,
                                            created_at, body, file_name, status)

@@ -188,10 +188,11 @@ def measure_cycle(url: str, t: str, keep_staging: bool) -> dict:
     started = time.perf_counter()
     summary = cycle.run_cycle(url, t, rules=rules, keep_staging=keep_staging)
     wall = time.perf_counter() - started
-    return {"wall_seconds": round(wall, 3), "seconds": summary["seconds"], "peak_rss_mb": round(_maxrss_mb(), 1),
+    return {"wall_seconds": round(wall, 3), "seconds": summary["seconds"], "parallel": summary.get("parallel", {}),
+            "peak_rss_mb": round(_maxrss_mb(), 1),
             "import_seconds": round(imports, 3),
             "rss_after_imports_mb": round(rss_before, 1),
-            "summary": {k: v for k, v in summary.items() if k != "seconds"}}
+            "summary": {k: v for k, v in summary.items() if k not in ("seconds", "parallel")}}
 
 
 def rewind(url: str, t: str) -> None:
@@ -381,16 +382,23 @@ def add_history(url: str, lines: int, before: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- report
-def grouped(seconds: dict) -> dict:
+def grouped(seconds: dict, parallel: dict | None = None) -> dict:
+    """Seconds per stage group, adding up to the cycle. Stages that ran at the same time (run_cycle's "parallel"
+    blocks) share their block's wall time in proportion to their own seconds."""
+    share = dict.fromkeys(seconds, 1.0)
+    for block in (parallel or {}).values():
+        total = sum(seconds.get(name, 0.0) for name in block["stages"])
+        for name in block["stages"]:
+            share[name] = block["wall"] / total if total else 0.0
     out = dict.fromkeys(GROUPS, 0.0)
     for name, s in seconds.items():
-        out[stage_group(name)] += s
+        out[stage_group(name)] += s * share[name]
     return out
 
 
 def median_runs(runs: list[dict]) -> dict:
     stages = sorted({k for r in runs for k in r["seconds"]})
-    groups = [grouped(r["seconds"]) for r in runs]
+    groups = [grouped(r["seconds"], r.get("parallel")) for r in runs]
     return {
         "cycle": statistics.median(r["wall_seconds"] for r in runs),
         "stages": {k: statistics.median(r["seconds"].get(k, 0.0) for r in runs) for k in stages},

@@ -44,9 +44,10 @@ LOCK_WAIT_SECONDS = 30          # wait this long in the task for the run lock, t
 LOCK_RESCHEDULE_SECONDS = 60
 NOTE_KEY = "run_note"           # XCom that plugins/backorders_ui/run_notes.py copies into the run's note
 
-STAGE_TASKS = ["extract.load_files", "extract.extract_orders", "extract.stage_cancellations", "extract.extract_stock",
-               "load.publish", "load.apply_after_publish", "side_effects.queue_notifications",
-               "side_effects.queue_outboxes"]
+STAGE_TASKS = ["extract.load_files", "extract.extract_orders", "extract.stage_cancellations", "extract.stage_on_hand",
+               "extract.extract_stock", "load.publish", "load.apply_after_publish", "load.refresh_storefront",
+               "side_effects.queue_notifications", "side_effects.queue_payment_requests",
+               "side_effects.queue_shipment_messages"]
 
 _schedule = load_schedule()
 _crons = cron_expressions(_schedule)
@@ -239,7 +240,17 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        load_files() >> open_run() >> extract_orders() >> stage_cancellations() >> extract_stock()
+        @task
+        def stage_on_hand() -> dict:
+            from backorders.cycle import stage_on_hand as stage
+
+            return stage(_db_url(), _run_time())
+
+        # the stock intake and on hand read no order: they run next to the orders' extract and cancellations
+        opened = load_files() >> open_run()
+        cancellations = opened >> extract_orders() >> stage_cancellations()
+        on_hand = opened >> stage_on_hand()
+        [cancellations, on_hand] >> extract_stock()
 
     def _gate(name: str) -> list:
         """A data-quality gate; a blocking failure fails the task at once (retrying would find the same data)."""
@@ -281,7 +292,7 @@ def backorder_cycle():
     def check_load() -> list:
         return _gate("check_load")
 
-    @task_group(tooltip="Publish the run in one transaction")
+    @task_group(tooltip="Publish the run in one transaction; then the lifecycle and the storefront")
     def load():
         @task
         def publish() -> dict:
@@ -295,7 +306,13 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        publish() >> apply_after_publish()
+        @task
+        def refresh_storefront() -> dict:
+            from backorders.lifecycle import refresh_storefront as stage
+
+            return stage(_db_url(), _run_time())
+
+        publish() >> [apply_after_publish(), refresh_storefront()]
 
     @task_group(tooltip="Outboxes: customer emails, payment requests, shipment messages")
     def side_effects():
@@ -306,13 +323,20 @@ def backorder_cycle():
             return stage(_db_url(), _run_time())
 
         @task
-        def queue_outboxes() -> dict:
-            from backorders.outbox import queue_outboxes as stage
+        def queue_payment_requests() -> dict:
+            from backorders.outbox import queue_payment_requests as stage
 
             return stage(_db_url(), _run_time())
 
-        queue_notifications()
-        queue_outboxes()
+        @task
+        def queue_shipment_messages() -> dict:
+            from backorders.outbox import queue_shipment_messages as stage
+
+            return stage(_db_url(), _run_time())
+
+        queue_notifications()       # three independent tasks: they run at the same time
+        queue_payment_requests()
+        queue_shipment_messages()
 
     @task_group(tooltip="Figures of the run in oms.pipeline_runs")
     def report():
@@ -360,8 +384,11 @@ def backorder_cycle():
         dispatch_payments()
         write_shipment_messages()
 
-    (extract() >> check_extract() >> allocate() >> check_allocation() >> load() >> check_load() >> side_effects()
-     >> report() >> deliver())
+    loaded, load_gate = load(), check_load()
+    extract() >> check_extract() >> allocate() >> check_allocation() >> loaded
+    # the load gate checks what publish wrote, next to the lifecycle and the storefront; the side effects wait for all
+    loaded.get_child_by_label("publish") >> load_gate
+    [loaded, load_gate] >> side_effects() >> report() >> deliver()
 
 
 backorder_cycle()

@@ -104,6 +104,11 @@ def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
         assert again["floor"]["rows"] == first["floor"]["rows"] and again["floor"]["rows"]["demand"] > 0
         assert again["cycle"]["runs"][0]["summary"] == first["cycle"]["runs"][0]["summary"]
         assert again["cycle"]["runs"][0]["summary"]["lines_allocated"] > 0
+        # the stages run side by side are reported as blocks; the groups add up to the cycle (its untimed gaps aside)
+        run = again["cycle"]["runs"][0]
+        assert set(run["parallel"]) == {"extract", "after_publish", "side_effects"}
+        assert 0.8 * run["wall_seconds"] <= sum(benchmark.grouped(run["seconds"], run["parallel"]).values()) \
+            <= run["wall_seconds"]
     finally:
         admin = psycopg2.connect(pg_admin_url)
         admin.autocommit = True
@@ -119,3 +124,18 @@ def test_reuse_database_refuses_a_database_it_did_not_prepare(pg_admin_url, db_u
     with pytest.raises(SystemExit, match="cannot connect"):
         benchmark.main(["--url", pg_admin_url, "--database", "no_such_bench_db", "--reuse-database",
                         "--out", str(tmp_path / "y.json")])
+
+
+def test_stage_groups_share_the_wall_time_of_stages_that_ran_side_by_side():
+    """run_cycle runs some stages at the same time: the groups then add up to the blocks' wall time, not to the sum of
+    their stages, and a block whose stages belong to several groups is shared in proportion to their own seconds."""
+    seconds = {"begin": 1.0, "extract_orders": 2.0, "stage_cancellations": 1.0, "stage_on_hand": 2.0, "publish": 3.0,
+               "apply_after_publish": 2.0, "refresh_storefront": 1.0, "check_load": 1.0}
+    parallel = {"extract": {"wall": 3.0, "stages": ["extract_orders", "stage_cancellations", "stage_on_hand"]},
+                "after_publish": {"wall": 2.0, "stages": ["apply_after_publish", "refresh_storefront", "check_load"]}}
+    g = benchmark.grouped(seconds, parallel)
+    assert g["extract"] == pytest.approx(1.0 + 3.0) and g["load"] == 3.0
+    assert g["checks"] == pytest.approx(2.0 * 1 / 4) and g["side_effects"] == pytest.approx(2.0 * 3 / 4)
+    assert sum(g.values()) == pytest.approx(1.0 + 3.0 + 3.0 + 2.0)
+    assert sum(benchmark.grouped(seconds).values()) == pytest.approx(sum(seconds.values()))   # nothing side by side
+

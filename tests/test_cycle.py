@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from backorders import cycle
+from backorders.rules import load_rules
 from tests.conftest import order_message, snapshot_oms, table_rows
 
 T1 = "2026-03-02T06:00:00Z"
@@ -223,6 +224,35 @@ def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
     monkeypatch.setattr(quality, "CHECKS", [c for c in quality.CHECKS if c is not broken])
     s = cycle.run_cycle(url, T1)
     assert s["orders_created"] == 1 and s["lines_allocated"] == 1
+
+
+def test_on_hand_staged_by_its_stage_again_or_by_extract_stock_gives_the_same_stock(landing, migrated_url):
+    """stage_on_hand runs next to the orders' extract; run twice it replaces what it staged, and extract_stock stages
+    the on hand itself when it has not run: the same intake, quarantine, on hand and stock every way."""
+    from backorders import lifecycle
+
+    url = migrated_url
+    landing.message(order_message("O1", lines=[("SKU-A", 2, None), ("SKU-B", 1, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-A", 1), ("WH_PDX", "SKU-B", 5), ("WH_NOPE", "SKU-A", 9),
+                   ("WH_PDX", "SKU-C", -1)], "2026-03-02T00:00:00Z")
+    stg = cycle.staging_schema(cycle.as_run_time(T1))
+    tables = {"stock_intake": "source_ref, status", "quarantine": "quarantine_id", "on_hand": "source_code, sku",
+              "stock": "source_code, sku"}
+
+    def staged():
+        return {t: table_rows(url, f"SELECT * FROM {stg}.{t} ORDER BY {key}") for t, key in tables.items()}
+
+    cycle.run_cycle(url, T1, keep_staging=True)
+    expected = staged()
+    assert len(expected["stock"]) == 2 and len(expected["quarantine"]) == 2 and len(expected["stock_intake"]) == 4
+    for on_hand_runs in (0, 2):                 # the same T again (a rewind): stage_on_hand not at all, or twice
+        cycle.begin_run(url, T1)
+        cycle.extract_orders(url, T1)
+        for _ in range(on_hand_runs):
+            cycle.stage_on_hand(url, T1)
+        lifecycle.stage_cancellations(url, T1, load_rules())
+        cycle.extract_stock(url, T1)
+        assert staged() == expected, on_hand_runs
 
 
 def test_run_time_resolution():

@@ -45,13 +45,25 @@ def test_backorder_cycle_shape(dagbag):
     assert {"extract", "allocate", "load", "side_effects", "report", "deliver"} <= groups
     order = ["extract.load_files", "extract.open_run", "extract.extract_orders", "extract.stage_cancellations",
              "extract.extract_stock", "check_extract", "allocate.list_pools", "allocate.allocate_pool",
-             "check_allocation", "load.publish", "load.apply_after_publish", "check_load",
-             "side_effects.queue_notifications", "report.finish_run", "deliver.deliver_notifications"]
+             "check_allocation", "load.publish", "check_load", "side_effects.queue_notifications",
+             "report.finish_run", "deliver.deliver_notifications"]
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} should run right before {down}"
-    # nothing is queued for delivery before the load gate has passed
-    for effect in ("side_effects.queue_notifications", "side_effects.queue_outboxes"):
-        assert dag.get_task(effect).upstream_task_ids == {"check_load"}, effect
+    # the stock intake reads no order: it runs next to the orders' extract, and the demand's stock waits for both
+    assert dag.get_task("extract.stage_on_hand").upstream_task_ids == {"extract.open_run"}
+    assert dag.get_task("extract.extract_stock").upstream_task_ids == {"extract.stage_cancellations",
+                                                                        "extract.stage_on_hand"}
+    # after publish, side by side: the lifecycle, the storefront and the load gate (which checks what publish wrote)
+    after = {"load.apply_after_publish", "load.refresh_storefront", "check_load"}
+    assert dag.get_task("load.publish").downstream_task_ids == after
+    # nothing is queued for delivery before the load gate, the lifecycle and the storefront have ended; the three
+    # outboxes are queued side by side
+    effects = {"side_effects.queue_notifications", "side_effects.queue_payment_requests",
+               "side_effects.queue_shipment_messages"}
+    assert {t.task_id for t in dag.tasks if t.task_id.startswith("side_effects.")} == effects
+    for effect in effects:
+        assert dag.get_task(effect).upstream_task_ids == after, effect
+        assert dag.get_task(effect).downstream_task_ids == {"report.finish_run"}, effect
     # one allocation task per stock pool, mapped at run time
     assert type(dag.get_task("allocate.allocate_pool")).__name__.endswith("MappedOperator")
 

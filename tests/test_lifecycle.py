@@ -142,6 +142,32 @@ def test_storefront_availability(migrated_url, landing, rules):
                                              ("US_WEB", "Available in under 4 days", utc(day("03-03")))]
 
 
+def test_lifecycle_and_storefront_side_by_side_make_missing_channel_settings_once(migrated_url, landing, rules):
+    """apply_after_publish and refresh_storefront run at the same time; in a partial run where stage_cancellations
+    did not stage the channel settings, the first of them makes the table and the other waits for it and uses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backorders import db, lifecycle
+
+    url = migrated_url
+    landing.stock([("WH_A", "SKU-IN", 3), ("WH_B", "SKU-B", 2)], day("03-01"))
+    landing.message(order_message("S1", store="AUTO_WEB", lines=[("SKU-IN", 2, None)]), day("03-02", "01:00"))
+    cycle.run_cycle(url, day("03-02"), rules=rules, keep_staging=True)
+    stg = cycle.staging_schema(cycle.as_run_time(day("03-02")))
+    channels = table_rows(url, f"SELECT * FROM {stg}.lifecycle_channels ORDER BY store")
+    storefront = table_rows(url, "SELECT * FROM oms.storefront_availability ORDER BY store, sku")
+    assert len(channels) == 3 and ("AUTO_WEB", "SKU-IN", 1) in [r[:3] for r in storefront]
+    for _ in range(4):
+        with db.transaction(url) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP TABLE {stg}.lifecycle_channels")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            stages = [pool.submit(stage, url, day("03-02"), rules)
+                      for stage in (lifecycle.apply_after_publish, lifecycle.refresh_storefront)]
+            assert [f.result() is not None for f in stages] == [True, True]
+        assert table_rows(url, f"SELECT * FROM {stg}.lifecycle_channels ORDER BY store") == channels
+        assert table_rows(url, "SELECT * FROM oms.storefront_availability ORDER BY store, sku") == storefront
+
+
 def test_runs_with_notices_consents_and_cancellations_replay_identically(migrated_url, landing, rules):
     url = migrated_url
     landing.catalog([("SKU-T", None, 61), ("SKU-V", None, 45)])

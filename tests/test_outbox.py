@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -93,9 +94,17 @@ def requests_of(url: str, kind: str | None = None) -> list[tuple]:
 
 
 def queue(url, t, rules=None, now=None):
-    """queue_outboxes with the wall clock set to T (every run recent) unless now is given."""
+    """The outboxes' side effects of run T, as run_cycle and the DAG queue them: queue_payment_requests and
+    queue_shipment_messages at the same time (two threads, two connections), their figures merged; the wall clock
+    set to T (every run recent) unless now is given."""
     t = utc(t) if isinstance(t, str) else t
-    return outbox.queue_outboxes(url, t, rules or load_rules(RULES), now=now or t)
+    rules = rules or load_rules(RULES)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        stages = [pool.submit(stage, url, t, rules, now=now or t)
+                  for stage in (outbox.queue_payment_requests, outbox.queue_shipment_messages)]
+        payments, messages = (f.result() for f in stages)
+    assert payments["status"] == messages["status"]
+    return payments | messages
 
 
 # ----------------------------------------------------------------------------------------------- captures
@@ -286,8 +295,8 @@ def test_runs_older_than_the_delivery_window_record_their_rows_as_suppressed(oms
                         "subject, body, created_at) VALUES (%s, %s, %s, 'BACKORDER_NOTICE', 'a@example.com', 's', 'b', %s)",
                         (f"N-{order}", f"K-{order}", order, t))
     now = t_new + timedelta(days=3)                      # t_new is 3 days old (recent), t_old almost 5 (too old)
-    assert outbox.queue_outboxes(url, t_old, rules, now=now)["status"] == "SUPPRESSED"
-    assert outbox.queue_outboxes(url, t_new, rules, now=now)["status"] == "PENDING"
+    assert queue(url, t_old, rules, now=now)["status"] == "SUPPRESSED"
+    assert queue(url, t_new, rules, now=now)["status"] == "PENDING"
     assert outbox.apply_delivery_window(url, t_old, rules, now=now) == {"deliverable": False, "suppressed": 1}
     assert outbox.apply_delivery_window(url, t_new, rules, now=now) == {"deliverable": True, "suppressed": 0}
     assert table_rows(url, """
@@ -363,9 +372,10 @@ def test_dag_queues_in_side_effects_and_delivers_after_the_report():
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["backorder_cycle"]
-    queue = dag.get_task("side_effects.queue_outboxes")
-    assert "load.publish" in queue.get_flat_relative_ids(upstream=True)          # after publish ...
-    assert "report.finish_run" in queue.downstream_task_ids                       # ... and before the report
+    for task_id in ("side_effects.queue_payment_requests", "side_effects.queue_shipment_messages"):
+        queue = dag.get_task(task_id)
+        assert "load.publish" in queue.get_flat_relative_ids(upstream=True)      # after publish ...
+        assert "report.finish_run" in queue.downstream_task_ids                   # ... and before the report
     delivered = {"deliver.deliver_notifications", "deliver.dispatch_payments", "deliver.write_shipment_messages"}
     assert dag.get_task("report.finish_run").downstream_task_ids == delivered
     shipped = load_outbox(RULES).delivery
