@@ -20,13 +20,13 @@ lines get stock, which wait as backorders, which are held or cancelled, and publ
 
 | stage | what it does |
 |---|---|
-| **extract** | loads new files of the file drop (`BACKORDERS_LANDING_DIR`, each file once), opens the run (schema migrations, rules validation, rewind of an earlier execution of T), parses order messages into new orders and lines (bad ones go to `oms.quarantine`), stages the cancellations decided at T before allocation (buyer's requests, FTC deadlines, automatic cancellation), stages demand, stock at T and shipment confirmations |
+| **extract** | loads new files of the file drop (`BACKORDERS_LANDING_DIR`, each file once), opens the run (schema migrations, rules validation, rewind of an earlier execution of T), parses order messages into new orders and lines (bad ones go to `oms.quarantine`), stages the cancellations decided at T before allocation (buyer's requests, FTC deadlines, automatic cancellation), stages the on hand at T (side by side with the orders), then demand, stock and shipment confirmations |
 | **check_extract** | data-quality gate (Great Expectations on PostgreSQL, `include/rules/checks.yaml`) on the staged input: types, required fields, ranges, unique ids, stock not negative, dates not after T, nothing lost; a blocking failure stops the run before anything is published |
 | **allocate** | one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
 | **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits |
-| **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction; then the FTC delay notices and consent, FTC exceptions, the orders' FTC trail and `oms.storefront_availability` |
-| **check_load** | data-quality gate on what was published: every staged row published, keys consistent, counts equal, nothing lost; a blocking failure stops the side effects |
-| **side_effects** | queues customer emails in the `oms.notifications` outbox, and captures, refunds and re-authorizations in `oms.payment_requests` and request_shipment messages in `oms.shipment_messages` (idempotency keys: never twice) |
+| **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction; then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`) and `oms.storefront_availability` (`refresh_storefront`) |
+| **check_load** | data-quality gate on what `publish` wrote (it runs right after it): every staged row published, keys consistent, counts equal, nothing lost; a blocking failure stops the side effects |
+| **side_effects** | three tasks side by side: customer emails in the `oms.notifications` outbox, captures, refunds and re-authorizations in `oms.payment_requests`, request_shipment messages in `oms.shipment_messages` (idempotency keys: never twice) |
 | **report** | records the run's figures in `oms.pipeline_runs` and drops the run's staging schema |
 | **deliver** | sends the emails through `backorders_smtp`, posts the payment requests to `backorders_payments`, writes the shipment messages to the configured folder; temporary failures are retried with backoff (`include/rules/outbox.yaml`). A run whose T is older than the delivery window (a backfill) delivers nothing |
 

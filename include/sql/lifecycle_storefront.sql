@@ -2,7 +2,7 @@
 -- the same rows). One row per channel of {stg}.lifecycle_channels and SKU seen in the catalog or the stock feeds by T.
 -- available_qty: on hand at T at the channel's sources, minus quantity hard-allocated and not shipped (after this
 -- run's allocation), minus safety stock, never below 0 per source ({stg}.on_hand: on hand and safety stock at T, staged
--- by stage_stock.sql). backorderable: the catalog flag where explicit,
+-- by stage_on_hand.sql). backorderable: the catalog flag where explicit,
 -- else the channel's backorders_enabled. message: 'In stock' when available_qty > 0; else the channel's template
 -- with the catalog's restock lead time when backorderable and the lead time is known; else 'Out of stock'.
 DELETE FROM oms.storefront_availability;
