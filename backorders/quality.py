@@ -235,10 +235,11 @@ CHECKS: list[Check] = [
           "{stg}.line_results",
           query="SELECT r.order_id, r.line_id, d.qty_open, r.qty_allocated, r.qty_backordered, r.qty_held, "
                 "r.qty_cancelled FROM {batch} r JOIN {stg}.demand d USING (order_id, line_id) "
+                "LEFT JOIN (SELECT order_id, line_id, sum(qty) AS qty FROM {stg}.allocations GROUP BY 1, 2) a "
+                "USING (order_id, line_id) "
                 "WHERE d.qty_open <> r.qty_allocated + r.qty_backordered + r.qty_held + r.qty_cancelled "
                 "OR least(r.qty_allocated, r.qty_backordered, r.qty_held, r.qty_cancelled) < 0 "
-                "OR r.qty_allocated <> coalesce((SELECT sum(a.qty) FROM {stg}.allocations a "
-                "WHERE a.order_id = r.order_id AND a.line_id = r.line_id), 0) ORDER BY 1, 2"),
+                "OR r.qty_allocated <> coalesce(a.qty, 0) ORDER BY 1, 2"),
     Check("allocate.no_backorder_if_not_allowed", "no backorder on a line that may not wait", "{stg}.line_results",
           query="SELECT r.order_id, r.line_id FROM {batch} r JOIN {stg}.demand d USING (order_id, line_id) "
                 "WHERE NOT d.backorderable AND r.qty_backordered > 0 ORDER BY 1, 2"),

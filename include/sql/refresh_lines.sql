@@ -47,6 +47,9 @@ WHERE v.cur_status = 'NEW'
 ORDER BY v.order_id, v.line_id;
 ANALYZE {stg}.refreshed;
 
+-- one index probe per refreshed line, in key order: a hash join would read every line of the history
+SET LOCAL enable_hashjoin = off;
+SET LOCAL enable_mergejoin = off;
 UPDATE oms.order_lines ol SET
     qty_allocated = v.qa, qty_shipped = v.qs, qty_cancelled = v.qc,
     qty_held = v.held, qty_backordered = v.bo,
@@ -62,6 +65,8 @@ UPDATE oms.order_lines ol SET
     updated_at = %(t)s
 FROM {stg}.refreshed v
 WHERE ol.order_id = v.order_id AND ol.line_id = v.line_id;
+RESET enable_hashjoin;
+RESET enable_mergejoin;
 
 -- orders of the touched lines: status is the first that applies among their lines (each order's lines read by key)
 CREATE TABLE {stg}.refreshed_orders AS
