@@ -405,8 +405,8 @@ def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
         cur.execute(f"SELECT to_regclass('{stg}.on_hand')")
         if cur.fetchone()[0] is None:
             _stage_on_hand(cur, stg, t, rules)
-        _add_unlisted_stores(cur, stg, rules)
         cur.execute(_sql("stage_demand", stg), {"t": t})
+        _add_unlisted_stores(cur, stg, rules)
         cur.execute(_sql("stage_confirmations", stg), {"t": t})
         cur.execute(_sql("stage_stock", stg), {"t": t})
         cur.execute(f"ANALYZE {stg}.demand; ANALYZE {stg}.stock")
@@ -435,16 +435,20 @@ def _channel_rows(cur, stg: str, rules: Rules, stores) -> None:
 
 
 def _add_unlisted_stores(cur, stg: str, rules: Rules) -> None:
-    """Orders of a store that channels.yaml does not list use the defaults (data contract); give them channel rows."""
+    """Orders of a store that channels.yaml does not list use the defaults (data contract): give the stores of this
+    run's new orders and of its demand that have none their channel and pool rows, and their demand its pool. (The
+    demand is staged with a pool where the store has one: a store without is found in it, not by reading every open
+    line again.)"""
     cur.execute(f"""
         SELECT store FROM {stg}.new_orders
         UNION
-        SELECT o.store FROM oms.order_lines l JOIN oms.orders o USING (order_id) WHERE l.qty_backordered + l.qty_held > 0
+        SELECT DISTINCT store FROM {stg}.demand WHERE pool IS NULL
         EXCEPT SELECT store FROM {stg}.channels""")
     unlisted = sorted(r[0] for r in cur.fetchall())
     if unlisted:
         log.warning("stores not listed in channels.yaml use the defaults: %s", ", ".join(unlisted))
         _channel_rows(cur, stg, rules, unlisted)
+        cur.execute(f"UPDATE {stg}.demand d SET pool = p.pool FROM {stg}.pools p WHERE d.pool IS NULL AND p.store = d.store")
 
 
 # ----------------------------------------------------------------------------------------------- checks

@@ -140,6 +140,11 @@ def test_unlisted_store_uses_the_defaults(landing, migrated_url):
     # defaults: backorders enabled, no sources -> a backorder with the reason saying there is no source
     got = lines(migrated_url)["X1-1"]
     assert got[1] == 1 and got[7] == "channel"
+    # a later run with no new order of that store: its waiting line is found in the demand and gets the defaults too
+    s = cycle.run_cycle(migrated_url, T2)
+    assert s["demand_lines"] == 1 and s["lines_backordered"] == 1
+    assert table_rows(migrated_url, "SELECT order_id, checked_at FROM oms.backorder_attempts ORDER BY 2") == [
+        ("X1", cycle.as_run_time(T1)), ("X1", cycle.as_run_time(T2))]
 
 
 def test_shipment_confirmation_ships_the_lines(landing, migrated_url):

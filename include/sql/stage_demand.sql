@@ -2,7 +2,8 @@
 -- {stg} is the run's staging schema. shipments_used counts the order's shipment requests of earlier runs.
 -- Quantity cancelled at T before allocation ({stg}.cancellations, lifecycle.stage_cancellations) is not demand; lines
 -- cancelled in full drop out. cur_*: the line's state before the run (publish skips the lines the run leaves as they
--- were).
+-- were). pool: NULL for a store that channels.yaml does not list; cycle.extract_stock then gives the store its
+-- channel (the defaults) and the line its pool.
 CREATE TABLE {stg}.demand AS
 WITH cancelled AS (SELECT order_id, line_id, sum(qty)::integer AS qty FROM {stg}.cancellations GROUP BY order_id, line_id)
 SELECT * FROM (
@@ -12,7 +13,7 @@ SELECT n.order_id, n.line_id, n.line_number, n.sku, o.store, p.pool,
        0 AS cur_held, 0 AS cur_backordered, NULL::text AS cur_wait_reason
 FROM {stg}.new_lines n
 JOIN {stg}.new_orders o USING (order_id)
-JOIN {stg}.pools p USING (store)
+LEFT JOIN {stg}.pools p USING (store)
 LEFT JOIN cancelled x USING (order_id, line_id)
 UNION ALL
 SELECT l.order_id, l.line_id, l.line_number, l.sku, o.store, p.pool,
@@ -21,7 +22,7 @@ SELECT l.order_id, l.line_id, l.line_number, l.sku, o.store, p.pool,
        false, l.qty_held, l.qty_backordered, l.wait_reason
 FROM oms.order_lines l
 JOIN oms.orders o USING (order_id)
-JOIN {stg}.pools p USING (store)
+LEFT JOIN {stg}.pools p USING (store)
 LEFT JOIN cancelled x USING (order_id, line_id)
 WHERE l.qty_backordered + l.qty_held > 0
 ) d
