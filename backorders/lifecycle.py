@@ -3,6 +3,7 @@ the FTC delay notices and consent, lifecycle exceptions, the order's FTC trail a
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from datetime import datetime
 
 import pandas as pd
@@ -199,9 +200,9 @@ def _ensure_channel_table(cur, stg: str, rules: Rules, t: datetime) -> None:
             _channel_table(cur, stg, rules, t)
 
 
-def apply_after_publish(url: str, t, rules: Rules | None = None) -> dict:
-    """After publish at T: consent to earlier notices, the delay notices due now (with their emails), the FTC_DEADLINE
-    and CANCEL_REQUEST_ALLOCATED exceptions and the FTC trail on oms.orders."""
+@contextmanager
+def _after_publish(url: str, t, rules: Rules | None):
+    """One transaction of a stage after publish at T, the run's channel settings in place: (cur, conn, T, rules, stg)."""
     from backorders.cycle import as_run_time, staging_schema
 
     t = as_run_time(t)
@@ -209,6 +210,13 @@ def apply_after_publish(url: str, t, rules: Rules | None = None) -> dict:
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
         _ensure_channel_table(cur, stg, rules, t)
+        yield cur, conn, t, rules, stg
+
+
+def apply_after_publish(url: str, t, rules: Rules | None = None) -> dict:
+    """After publish at T: consent to earlier notices, the delay notices due now (with their emails), the FTC_DEADLINE
+    and CANCEL_REQUEST_ALLOCATED exceptions and the FTC trail on oms.orders."""
+    with _after_publish(url, t, rules) as (cur, conn, t, rules, stg):
         cur.execute(_sql("lifecycle_consent", stg), {"t": t})
         sent = _send_notices(conn, cur, stg, t, rules)
         params = {"t": t, "margin": ftc.NOTICE_MARGIN}
@@ -227,13 +235,7 @@ def apply_after_publish(url: str, t, rules: Rules | None = None) -> dict:
 def refresh_storefront(url: str, t, rules: Rules | None = None) -> dict:
     """After publish at T: oms.storefront_availability recomputed from the on hand at T and the open shipment
     requests. Reads nothing apply_after_publish writes: the DAG runs the two (and the load gate) at the same time."""
-    from backorders.cycle import as_run_time, staging_schema
-
-    t = as_run_time(t)
-    rules = rules or load_rules()
-    stg = staging_schema(t)
-    with db.transaction(url) as conn, conn.cursor() as cur:
-        _ensure_channel_table(cur, stg, rules, t)
+    with _after_publish(url, t, rules) as (cur, conn, t, rules, stg):
         cur.execute(_sql("lifecycle_storefront", stg), {"t": t})
         cur.execute("SELECT count(*) FROM oms.storefront_availability")
         figures = {"storefront_rows": int(cur.fetchone()[0])}
