@@ -715,7 +715,6 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
     t = as_run_time(t)
     rules = rules or load_rules()
     timings: dict[str, float] = {}
-
     parallel: dict[str, dict] = {}
 
     def timed(name, fn, *args, **kw):

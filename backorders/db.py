@@ -140,7 +140,11 @@ def _copy_text(col) -> list[str]:
         if len(values) and 0 <= values.min() and values.max() < 4096:    # quantities: look the texts up
             return _small_int_text()[values].tolist()
         return list(map(str, values.tolist()))          # Python ints: twice as fast as numpy's astype(str)
-    missing = col.isna().to_numpy()
+    if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(dtype) \
+            or pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        missing = col.isna().to_numpy()
+    else:       # text: pandas' isna of a python-backed string column goes value by value; isnaobj is C-level
+        missing = pd.isna(col.to_numpy(dtype=object))
     if isinstance(dtype, pd.DatetimeTZDtype):                     # one vectorized call, in UTC
         values = col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
         out = np.datetime_as_string(values, unit="us", timezone="UTC").astype(object)

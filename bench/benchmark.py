@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
 # stage groups of the report, by the names cycle.run_cycle times its stages with
 GROUPS = ["extract", "checks", "allocate", "load", "side_effects", "report"]
+FLOOR_SAMPLES = 3           # the floor is measured at least this often (median)
 
 
 def stage_group(name: str) -> str:
@@ -501,7 +502,8 @@ def run(args, out: Path) -> dict:
         runs.append(_child(["_cycle", "--url", url, "--t", t1] + (["--keep-staging"] if i == 0 else [])))
         _say(f"cycle at T1 {runs[-1]['wall_seconds']} s {runs[-1]['seconds']}")
         if i == 0:
-            res["floor"] = measure_floor(url, t1, args.repeat)
+            # the denominator of every ratio: at least three samples, whatever --repeat (one sample moved by 30 %)
+            res["floor"] = measure_floor(url, t1, max(FLOOR_SAMPLES, args.repeat))
             _say(f"floor: {res['floor']}")
     res["cycle"] = median_runs(runs)
     _save(out, res)

@@ -102,6 +102,7 @@ def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
         assert again["scale"]["open_lines_requested"] == 1200 and again["scale"] == first["scale"]
         assert again["prepare"] == first["prepare"]
         assert again["floor"]["rows"] == first["floor"]["rows"] and again["floor"]["rows"]["demand"] > 0
+        assert len(again["floor"]["sql_fifo_runs"]) == benchmark.FLOOR_SAMPLES == 3       # --repeat 1: still 3
         assert again["cycle"]["runs"][0]["summary"] == first["cycle"]["runs"][0]["summary"]
         assert again["cycle"]["runs"][0]["summary"]["lines_allocated"] > 0
         # the stages run side by side are reported as blocks; the groups add up to the cycle (its untimed gaps aside)
