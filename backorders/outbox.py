@@ -103,8 +103,8 @@ def queue_shipment_messages(url: str, t, rules: Rules | None = None, now: dateti
 
 def apply_delivery_window(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
     """Mark every outbox row of run T that is still PENDING and never attempted as SUPPRESSED when T is older than the
-    delivery window. With queue_payment_requests and queue_shipment_messages, the only place that compares T with the wall clock. Idempotent; a no-op
-    for a recent T. (Emails are queued by cycle.queue_notifications and the lifecycle stage: this is how they get
+    delivery window. With queue_payment_requests and queue_shipment_messages, the only place that compares T with the
+    wall clock. Idempotent; a no-op for a recent T. (Emails are queued by cycle.queue_notifications and the lifecycle stage: this is how they get
     the window too; in-process right after queueing, under Airflow at the start of deliver_notifications.)"""
     t = _run_time(t)
     rules = rules or load_rules()
@@ -147,7 +147,7 @@ def _money_events(cur, t: datetime) -> None:
     line always add up to exactly its amount, whatever the split (10.00 in three parts: 3.33, 3.34, 3.33).
 
     Both follow the orders of the run: the history is joined by order (index lookups once it outgrows the run), and
-    Of oms.orders, whose rows are wide, only narrow columns are read (raw_order is not decompressed)."""
+    of oms.orders, whose rows are wide, only narrow columns are read (raw_order is not decompressed)."""
     cur.execute(f"""
         CREATE TEMP TABLE mo ON COMMIT DROP AS
         SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture
