@@ -28,6 +28,10 @@ class CheckFailed(RuntimeError):
     """A blocking data-quality check failed; nothing of the run is published."""
 
 
+class ReferencesBroken(RuntimeError):
+    """A row publish wrote references a row that does not exist; the publish is rolled back."""
+
+
 # ----------------------------------------------------------------------------------------------- run identity
 def as_run_time(value) -> datetime:
     """A run time T as an aware UTC datetime (accepts datetimes, pendulum objects and ISO strings)."""
@@ -564,15 +568,32 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- publish
-def publish(url: str, t) -> dict:
-    """Publish the run in one transaction: new orders and lines, shipment requests, cancellations, attempts, exceptions."""
+# the tables publish inserts into that have foreign keys (publish.sql checks their references set-based)
+REFERENCING_TABLES = ("oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
+                      "oms.line_cancellations", "oms.backorder_attempts")
+
+
+def publish(url: str, t, set_based_references: bool = True) -> dict:
+    """Publish the run in one transaction: new orders and lines, shipment requests, cancellations, attempts, exceptions.
+
+    Every inserted row's references are counted set-based in the same statement (publish.sql); PostgreSQL's row-by-row
+    foreign-key triggers are switched off for these inserts when db.why_row_triggers_needed allows it and
+    set_based_references (False: keep them on as well, as for a role that may not switch them off)."""
     t = as_run_time(t)
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
         # under the run lock's advisory xact lock, and only while this run holds the lease: never two publishes at once
         run_lock.check_held(cur, t)
         started = time.perf_counter()
-        cur.execute(_sql("publish", stg), {"t": t})
+        row_by_row = db.why_row_triggers_needed(cur, REFERENCING_TABLES) if set_based_references else "asked for"
+        if row_by_row:
+            log.info("publish %s: foreign keys checked row by row as well (%s)", t.isoformat(), row_by_row)
+        cur.execute(_sql("publish", stg), {"t": t, "set_based_references": row_by_row is None})
+        cur.execute(f"SELECT reference, orphans, example FROM {stg}.publish_orphans WHERE orphans > 0 ORDER BY 1")
+        broken = cur.fetchall()
+        if broken:
+            raise ReferencesBroken(f"publish {t.isoformat()} rolled back: " + "; ".join(
+                f"{ref}: {n} rows reference no row (e.g. {example})" for ref, n, example in broken))
         log.info("publish %s: orders, lines, shipment requests, cancellations and attempts written (%.1f s); "
                  "%d lines touched", t.isoformat(), time.perf_counter() - started,
                  _counts(cur, f"SELECT count(*) FROM {stg}.touched"))

@@ -80,6 +80,31 @@ def transaction(url: str | None = None) -> Iterator[psycopg2.extensions.connecti
         conn.close()
 
 
+def why_row_triggers_needed(cur, tables: Sequence[str]) -> str | None:
+    """None when this session may switch off row triggers on tables for its own transaction (SET LOCAL
+    session_replication_role = replica) because the only ones there are PostgreSQL's foreign-key checks; else why not.
+
+    Two conditions: the role may set the parameter (a superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER
+    session_replication_role), and no trigger or rule besides the foreign keys' is on the tables (the setting would
+    silently skip them too, whoever added them)."""
+    cur.execute("SELECT current_setting('server_version_num')::int >= 150000")
+    if cur.fetchone()[0]:
+        cur.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')")
+    else:
+        cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if not cur.fetchone()[0]:
+        return "the role may not set session_replication_role"
+    cur.execute("""
+        SELECT string_agg(what, ', ' ORDER BY what) FROM (
+            SELECT 'trigger ' || tgname || ' on ' || tgrelid::regclass AS what FROM pg_trigger
+            WHERE NOT tgisinternal AND tgenabled <> 'D' AND tgrelid = ANY (%(t)s::regclass[])
+            UNION ALL
+            SELECT 'rule ' || rulename || ' on ' || ev_class::regclass FROM pg_rewrite
+            WHERE ev_class = ANY (%(t)s::regclass[]) AND rulename <> '_RETURN') x""", {"t": list(tables)})
+    found = cur.fetchone()[0]
+    return f"{found} would be skipped too" if found else None
+
+
 def read_frame(conn, sql: str, params: dict | Sequence | None = None, dtypes: dict | None = None,
                parse_dates: Sequence[str] = ()):
     """Run a SELECT and return it as a pandas frame, moved with COPY ... TO STDOUT (fast at millions of rows)."""

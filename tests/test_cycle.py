@@ -269,3 +269,110 @@ def test_run_time_resolution():
         cycle.as_run_time("2026-03-02T06:00:00")
     with pytest.raises(ValueError):
         cycle.resolve_run_time(None, None)
+
+
+def stage_up_to_publish(url, t):
+    """Run T's stages before publish, as run_cycle does (one after the other)."""
+    from backorders import lifecycle
+
+    cycle.begin_run(url, t)
+    cycle.extract_orders(url, t)
+    lifecycle.stage_cancellations(url, t, load_rules())
+    cycle.extract_stock(url, t)
+    cycle.check_extract(url, t)
+    cycle.prepare_allocation(url, t)
+    for pool in cycle.list_pools(url, t):
+        cycle.allocate(url, t, pool)
+    cycle.check_allocation(url, t)
+
+
+def two_orders(landing):
+    """R1 (2 units, one of them in stock) and R2 (1 unit of a SKU with none): an allocation, a backorder, attempts."""
+    landing.message(order_message("R1", lines=[("SKU-A", 2, None)]), "2026-03-02T01:00:00Z")
+    landing.message(order_message("R2", lines=[("SKU-B", 1, None)]), "2026-03-02T02:00:00Z")
+    landing.stock([("WH_PDX", "SKU-A", 1), ("WH_PDX", "SKU-B", 0)], "2026-03-02T00:00:00Z")
+
+
+@pytest.mark.parametrize("set_based", [True, False], ids=["set-based", "row-by-row"])
+def test_publish_rolls_back_when_a_row_would_reference_nothing(landing, migrated_url, set_based):
+    """An order missing from what publish inserts (as a bug upstream of publish would leave it): its line and its
+    shipment request would reference nothing. Checked set-based or by PostgreSQL's triggers, publish raises and writes
+    nothing."""
+    import psycopg2
+
+    url = migrated_url
+    two_orders(landing)
+    t = cycle.as_run_time(T1)
+    stage_up_to_publish(url, t)
+    table_rows(url, f"DELETE FROM {cycle.staging_schema(t)}.new_orders WHERE order_id = 'R1' RETURNING 1")
+    expected = (cycle.ReferencesBroken, r"order_lines -> orders: 1 rows reference no row \(e\.g\. R1\); "
+                r"shipment_requests -> orders: 1 rows reference no row \(e\.g\. R1\)$") if set_based else \
+        (psycopg2.errors.ForeignKeyViolation, "order_lines_order_id_fkey")
+    with pytest.raises(expected[0], match=expected[1]):
+        cycle.publish(url, t, set_based_references=set_based)
+    assert table_rows(url, "SELECT (SELECT count(*) FROM oms.orders) + (SELECT count(*) FROM oms.order_lines) + "
+                           "(SELECT count(*) FROM oms.shipment_requests) + (SELECT count(*) FROM "
+                           "oms.backorder_attempts)") == [(0,)]
+
+
+def test_publish_set_based_or_row_by_row_gives_the_same_tables(landing, migrated_url, monkeypatch, caplog):
+    import logging
+
+    from backorders import db
+
+    url = migrated_url
+    two_orders(landing)
+    landing.message(order_message("R3", lines=[("SKU-A", 1, None), ("SKU-C", 1, None)]), "2026-03-02T09:00:00Z")
+    landing.stock([("WH_PDX", "SKU-A", 3), ("WH_PDX", "SKU-C", 1)], "2026-03-02T08:00:00Z")
+    caplog.set_level(logging.INFO, logger="backorders")
+    for t in (T1, T2):
+        cycle.run_cycle(url, t)
+    assert "checked row by row" not in caplog.text          # the superuser of the test server: set-based
+    set_based = snapshot_oms(url)
+    assert len(set_based["backorder_attempts"]) == 4 and len(set_based["shipment_request_lines"]) == 4
+    monkeypatch.setattr(db, "why_row_triggers_needed", lambda cur, tables: "the test says so")
+    for t in (T1, T2):
+        cycle.run_cycle(url, t, allow_rewind_later=True)
+    assert "foreign keys checked row by row as well (the test says so)" in caplog.text
+    assert snapshot_oms(url) == set_based
+
+
+def test_a_trigger_of_someone_else_keeps_the_row_by_row_path_and_fires(landing, migrated_url):
+    """session_replication_role = replica would skip any trigger, not only the foreign keys': a table with one of
+    its own (an audit trigger a DBA added, say) is written with every trigger on."""
+    from backorders import db
+
+    url = migrated_url
+    two_orders(landing)
+    table_rows(url, """
+        CREATE TABLE public.attempt_audit (line_id text);
+        CREATE FUNCTION public.audit_attempt() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN INSERT INTO public.attempt_audit VALUES (NEW.line_id); RETURN NEW; END$$;
+        CREATE TRIGGER audit AFTER INSERT ON oms.backorder_attempts FOR EACH ROW EXECUTE FUNCTION public.audit_attempt();
+        SELECT 1""")
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        assert db.why_row_triggers_needed(cur, cycle.REFERENCING_TABLES) == \
+            "trigger audit on oms.backorder_attempts would be skipped too"
+        assert db.why_row_triggers_needed(cur, ["oms.shipment_requests"]) is None
+    cycle.run_cycle(url, T1)
+    assert table_rows(url, "SELECT line_id FROM public.attempt_audit ORDER BY 1") == \
+        table_rows(url, "SELECT line_id FROM oms.backorder_attempts ORDER BY 1") == [("R1-1",), ("R2-1",)]
+
+
+def test_a_role_that_may_not_switch_triggers_off_is_told_so(migrated_url):
+    import uuid
+
+    from backorders import db
+
+    role = "bo_test_" + uuid.uuid4().hex[:8]
+    conn = db.connect(migrated_url)
+    try:                                # everything below is rolled back, the role included
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE ROLE {role}; GRANT USAGE ON SCHEMA oms TO {role}; SET ROLE {role}")
+            assert db.why_row_triggers_needed(cur, cycle.REFERENCING_TABLES) == \
+                "the role may not set session_replication_role"
+            cur.execute(f"RESET ROLE; GRANT SET ON PARAMETER session_replication_role TO {role}; SET ROLE {role}")
+            assert db.why_row_triggers_needed(cur, cycle.REFERENCING_TABLES) is None
+    finally:
+        conn.rollback()
+        conn.close()
