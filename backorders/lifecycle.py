@@ -6,6 +6,7 @@ import logging
 from contextlib import contextmanager
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from backorders import db, ftc
@@ -82,10 +83,10 @@ ORDER BY o.order_id, l.line_number
 """
 
 
-def _order_lead(g: pd.DataFrame) -> int | None:
+def _order_lead(lines: list[dict]) -> int | None:
     """Restock lead time of an order's delayed lines: the longest; unknown if any line's is unknown."""
-    leads = g["restock_lead_days"]
-    return None if leads.isna().any() else int(leads.max())
+    leads = [r["restock_lead_days"] for r in lines]
+    return None if any(pd.isna(x) for x in leads) else int(max(leads))
 
 
 def _decide_notices(frame: pd.DataFrame, t: datetime) -> list[dict]:
@@ -108,11 +109,18 @@ def _decide_notices(frame: pd.DataFrame, t: datetime) -> list[dict]:
                                  | (lead.notna() & (now + pd.to_timedelta(lead.fillna(0), unit="D") > ship_by)))
     renewed_due = ~waiting_first & deadline.notna() & (now >= deadline - ftc.NOTICE_MARGIN)
     due = sorted(firsts.index[(first_due | renewed_due).to_numpy()])
+    if not due:
+        return []
+    # the due orders' lines as plain dicts, converted at once: reading pandas rows one by one costs a few
+    # milliseconds an order (most of this stage's time at 200k lines, before)
     rows = order_ids.groupby(order_ids, sort=False).indices
+    lines_of: dict[str, list[dict]] = {}
+    for r in frame.iloc[np.concatenate([rows[o] for o in due])].to_dict("records"):
+        lines_of.setdefault(r["order_id"], []).append(r)
     out = []
     for order_id in due:
-        g = frame.iloc[rows[order_id]]
-        first = g.iloc[0]
+        g = lines_of[order_id]
+        first = g[0]
         ship_by = first["ship_by_date"].to_pydatetime()
         lead = _order_lead(g)
         if pd.isna(first["notice_kind"]):
@@ -151,7 +159,7 @@ def _send_notices(conn, cur, stg: str, t: datetime, rules: Rules) -> int:
                           parse_dates=["ship_by_date", "deadline"])
     notices, mails, links = [], [], []
     for n in _decide_notices(frame, t):
-        g, first = n["lines"], n["lines"].iloc[0]
+        g, first = n["lines"], n["lines"][0]
         channel = rules.channel(first["store"])
         email_kind = NOTICE_KINDS[n["kind"]]
         language = None if pd.isna(first["language"]) else first["language"]
@@ -164,14 +172,14 @@ def _send_notices(conn, cur, stg: str, t: datetime, rules: Rules) -> int:
                       "consent_deadline": _fmt(n["consent_deadline"], channel.timezone),
                       "silence_is_consent": n["consent_deadline"] is None},
             "lines": [{"sku": r["sku"], "product_name": None if pd.isna(r["product_name"]) else r["product_name"],
-                       "qty": int(r["qty_open"])} for r in g.to_dict("records")],
+                       "qty": int(r["qty_open"])} for r in g],
         }
         mail = nt.render(email_kind, language, context)
         key = nt.idempotency_key(email_kind, n["order_id"], t)
         nid = nt.notification_id(key)
         mails.append((nid, key, n["order_id"], email_kind, first["customer_email"], mail["subject"], mail["txt"],
                       mail["html"], language, t))
-        links.extend((nid, email_kind, n["order_id"], lid) for lid in g["line_id"])
+        links.extend((nid, email_kind, n["order_id"], r["line_id"]) for r in g)
         notices.append((n["order_id"], n["kind"], t, n["ship_by"], n["revised"], n["consent_deadline"], nid,
                         n["lead_days"]))
     if notices:

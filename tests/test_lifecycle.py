@@ -276,7 +276,7 @@ def test_delay_notices_decided_on_columns_equal_one_by_one():
         frame["deadline"] = pd.to_datetime(frame["deadline"], utc=True)
         frame["restock_lead_days"] = frame["restock_lead_days"].astype("float64")
         got = [(n["order_id"], n["kind"], n["ship_by"], n["replaced"], n["revised"], n["consent_deadline"],
-                n["lead_days"], list(n["lines"]["line_id"])) for n in lifecycle._decide_notices(frame, t)]
+                n["lead_days"], [r["line_id"] for r in n["lines"]]) for n in lifecycle._decide_notices(frame, t)]
         assert got == _decide_one_by_one(frame, t)
 
     check()
