@@ -155,6 +155,9 @@ def _money_events(cur, t: datetime) -> None:
               UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s) k
         JOIN oms.orders o ON o.order_id = k.order_id {_PM}""", {"t": t})
     cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo")
+    # the events by key lookups from the run's orders: a hash or merge join (which the planner picks when the run's
+    # orders are many) reads every shipment request and order line of the history, and its cost grows with it
+    cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
     cur.execute("""
         CREATE TEMP TABLE money_ev ON COMMIT DROP AS
         WITH e AS (
@@ -182,7 +185,7 @@ def _money_events(cur, t: datetime) -> None:
                round(tax * cum_after / qty_ordered, digits) - round(tax * (cum_after - quantity) / qty_ordered, digits)
                    AS tax_share
         FROM v""")
-    cur.execute("ANALYZE money_ev (order_id, rnk, at)")
+    cur.execute("RESET enable_hashjoin; RESET enable_mergejoin; ANALYZE money_ev (order_id, rnk, at)")
 
 
 _ORDER_COLS = "o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
