@@ -21,9 +21,9 @@ lines get stock, which wait as backorders, which are held or cancelled, and publ
 | stage | what it does |
 |---|---|
 | **extract** | loads new files of the file drop (`BACKORDERS_LANDING_DIR`, each file once), opens the run (schema migrations, rules validation, rewind of an earlier execution of T), parses order messages into new orders and lines (bad ones go to `oms.quarantine`), stages the cancellations decided at T before allocation (buyer's requests, FTC deadlines, automatic cancellation), stages the on hand at T (side by side with the orders), then demand, stock and shipment confirmations |
-| **check_extract** | data-quality gate (Great Expectations on PostgreSQL, `include/rules/checks.yaml`) on the staged input: types, required fields, ranges, unique ids, stock not negative, dates not after T, nothing lost; it runs side by side with allocate, which writes only to staging; a blocking failure stops the run before anything is published |
+| **check_extract** | data-quality gate (Great Expectations on PostgreSQL, `include/rules/checks.yaml`) on the staged input: types, required fields, ranges, unique ids, stock not negative, dates not after T, nothing lost; a blocking failure stops the run before anything is published |
 | **allocate** | one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
-| **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits; it waits for the extract gate too |
+| **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits |
 | **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction; then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`) and `oms.storefront_availability` (`refresh_storefront`) |
 | **check_load** | data-quality gate on what `publish` wrote (it runs right after it): every staged row published, keys consistent, counts equal, nothing lost; a blocking failure stops the side effects |
 | **side_effects** | three tasks side by side: customer emails in the `oms.notifications` outbox, captures, refunds and re-authorizations in `oms.payment_requests`, request_shipment messages in `oms.shipment_messages` (idempotency keys: never twice) |
@@ -385,9 +385,7 @@ def backorder_cycle():
         write_shipment_messages()
 
     loaded, load_gate = load(), check_load()
-    # the extract gate runs next to the allocation (which writes only to staging); the allocation gate, and so publish,
-    # waits for both: nothing is published unless every gate passed
-    extract() >> [check_extract(), allocate()] >> check_allocation() >> loaded
+    extract() >> check_extract() >> allocate() >> check_allocation() >> loaded
     # the load gate checks what publish wrote, next to the lifecycle and the storefront; the side effects wait for all
     loaded.get_child_by_label("publish") >> load_gate
     [loaded, load_gate] >> side_effects() >> report() >> deliver()
