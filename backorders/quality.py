@@ -104,6 +104,12 @@ KEYS = {
 _SINCE = ("(SELECT coalesce(max(run_at), '-infinity'::timestamptz) FROM oms.pipeline_runs "
           "WHERE run_at < %(t)s AND status = 'SUCCESS')")
 
+# the lines of the open shipment requests r, looked up by key request by request (OFFSET 0 keeps the lookup from being
+# flattened into a join), as the storefront and the stock staging read them: a hash join would read every shipment
+# request line of the history (550 -> 215 ms at 200k lines with 2M history lines)
+_LINES_OF_R = ("CROSS JOIN LATERAL (SELECT * FROM oms.shipment_request_lines l "
+               "WHERE l.shipment_request_id = r.shipment_request_id OFFSET 0) l")
+
 CHECKS: list[Check] = [
     # ------------------------------------------------------------------------------------------ extract
     Check("extract.orders_columns", "staged new orders have the columns of oms.orders, in order (publish copies them)",
@@ -326,7 +332,7 @@ CHECKS: list[Check] = [
           "the on-hand stock at T", "{stg}.stock",
           query="SELECT s.source_code, s.sku, s.qty_on_hand, c.qty AS requested_not_shipped FROM {batch} s "
                 "JOIN (SELECT r.source_code, l.sku, sum(l.quantity) AS qty FROM oms.shipment_requests r "
-                "JOIN oms.shipment_request_lines l USING (shipment_request_id) WHERE r.status = 'REQUESTED' "
+                f"{_LINES_OF_R} WHERE r.status = 'REQUESTED' "
                 "GROUP BY 1, 2) c USING (source_code, sku) WHERE c.qty > s.qty_on_hand ORDER BY 1, 2",
           default="warn"),
 ]

@@ -435,7 +435,10 @@ def targets(res: dict) -> dict:
     floor = res["floor"]["sql_fifo"]
     m = res["cycle"]
     out = {
-        "allocate_vs_fifo": {"value": m["groups"]["allocate"] / floor, "limit": 3.0},
+        # the allocate stages' own seconds, not their group's share of a block's wall time: were they to run side by
+        # side with another stage, the share would hide what sharing the cores costs them
+        "allocate_vs_fifo": {"value": sum(v for k, v in m["stages"].items() if stage_group(k) == "allocate") / floor,
+                             "limit": 3.0},
         "cycle_vs_fifo": {"value": m["cycle"] / floor, "limit": 10.0},
         "peak_rss_gb": {"value": m["peak_rss_mb"] / 1024, "limit": 2.0},
     }

@@ -140,3 +140,19 @@ def test_stage_groups_share_the_wall_time_of_stages_that_ran_side_by_side():
     assert sum(g.values()) == pytest.approx(1.0 + 3.0 + 3.0 + 2.0)
     assert sum(benchmark.grouped(seconds).values()) == pytest.approx(sum(seconds.values()))   # nothing side by side
 
+
+
+def test_the_allocate_target_takes_the_allocate_stages_own_seconds():
+    """Had the pools run side by side with another stage, their group's share of the block's wall time would be less
+    than their own seconds: the target is taken on what the allocation itself took."""
+    seconds = {"extract_stock": 1.0, "prepare_allocation": 0.5, "allocate[pool-A]": 6.0, "allocate[pool-B]": 1.5,
+               "check_extract": 4.0, "publish": 5.0}
+    parallel = {"x": {"wall": 8.0, "stages": ["check_extract", "allocate[pool-A]", "allocate[pool-B]"]}}
+    groups = benchmark.grouped(seconds, parallel)
+    assert groups["allocate"] == pytest.approx(0.5 + 8.0 * 7.5 / 11.5)
+    res = {"floor": {"sql_fifo": 2.0},
+           "cycle": {"cycle": 20.0, "stages": seconds, "groups": groups, "peak_rss_mb": 512.0}}
+    got = benchmark.targets(res)
+    assert got["allocate_vs_fifo"]["value"] == pytest.approx((0.5 + 6.0 + 1.5) / 2.0)
+    assert got["cycle_vs_fifo"]["value"] == pytest.approx(10.0) and got["peak_rss_gb"]["value"] == 0.5
+    assert "history_ratio" not in got
