@@ -220,6 +220,20 @@ def test_a_warning_is_recorded_and_the_run_goes_on(landing, migrated_url, caplog
     assert "extract.origin_date_not_after_t warns" in caplog.text
 
 
+def test_requested_beyond_on_hand_warns_with_the_source_and_sku(landing, migrated_url, monkeypatch):
+    """load.committed_within_on_hand sums the open shipment requests' lines per source and SKU (read by key, request by
+    request): with the on hand lowered under what this run requested, it warns and names the pair."""
+    url = migrated_url
+    one_order(landing)                  # 2 of SKU-Q requested from WH_PDX (5 on hand), SKU-R waits
+    _corrupt_before(monkeypatch, "check_load", "UPDATE {stg}.stock SET qty_on_hand = 1 WHERE sku = 'SKU-Q'")
+    s = cycle.run_cycle(url, T1)
+    assert s["lines_allocated"] == 1
+    blocking, success, rows, examples = dq(url)["load.committed_within_on_hand"]
+    assert (blocking, success, rows) == (False, False, 1)
+    assert (examples[0]["source_code"], examples[0]["sku"], examples[0]["requested_not_shipped"]) == \
+        ("WH_PDX", "SKU-Q", 2)
+
+
 def test_checks_yaml_can_make_a_warning_block(landing, migrated_url, rules_dir):
     (rules_dir / "checks.yaml").write_text("checks:\n  extract.origin_date_not_after_t: block\n")
     one_order(landing, origin="2026-03-02T09:00:00+00:00")
