@@ -359,6 +359,25 @@ def test_a_trigger_of_someone_else_keeps_the_row_by_row_path_and_fires(landing, 
         table_rows(url, "SELECT line_id FROM oms.backorder_attempts ORDER BY 1") == [("R1-1",), ("R2-1",)]
 
 
+def test_only_the_inserts_with_foreign_keys_run_without_row_triggers(landing, migrated_url, caplog):
+    """A trigger on a table publish writes outside those inserts (here oms.orders) does not stop the set-based path,
+    and still fires: session_replication_role is switched only around the inserts of REFERENCING_TABLES."""
+    import logging
+
+    url = migrated_url
+    two_orders(landing)
+    table_rows(url, """
+        CREATE TABLE public.order_audit (order_id text);
+        CREATE FUNCTION public.audit_order() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN INSERT INTO public.order_audit VALUES (NEW.order_id); RETURN NEW; END$$;
+        CREATE TRIGGER audit AFTER INSERT ON oms.orders FOR EACH ROW EXECUTE FUNCTION public.audit_order();
+        SELECT 1""")
+    caplog.set_level(logging.INFO, logger="backorders")
+    cycle.run_cycle(url, T1)
+    assert "checked row by row" not in caplog.text
+    assert table_rows(url, "SELECT order_id FROM public.order_audit ORDER BY 1") == [("R1",), ("R2",)]
+
+
 def test_a_role_that_may_not_switch_triggers_off_is_told_so(migrated_url):
     import uuid
 
