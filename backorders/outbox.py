@@ -104,8 +104,9 @@ def queue_shipment_messages(url: str, t, rules: Rules | None = None, now: dateti
 def apply_delivery_window(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
     """Mark every outbox row of run T that is still PENDING and never attempted as SUPPRESSED when T is older than the
     delivery window. With queue_payment_requests and queue_shipment_messages, the only place that compares T with the
-    wall clock. Idempotent; a no-op for a recent T. (Emails are queued by cycle.queue_notifications and the lifecycle stage: this is how they get
-    the window too; in-process right after queueing, under Airflow at the start of deliver_notifications.)"""
+    wall clock. Idempotent; a no-op for a recent T. (Emails are queued by cycle.queue_notifications and the lifecycle
+    stage: this is how they get the window too; in-process right after queueing, under Airflow at the start of
+    deliver_notifications.)"""
     t = _run_time(t)
     rules = rules or load_rules()
     window = rules.outbox.delivery.window_days

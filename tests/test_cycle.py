@@ -337,6 +337,16 @@ def test_publish_set_based_or_row_by_row_gives_the_same_tables(landing, migrated
     assert snapshot_oms(url) == set_based
 
 
+def audit_inserts(url, table, column):
+    """A trigger someone else added: every row inserted into oms.<table> leaves its <column> in public.<table>_audit."""
+    table_rows(url, f"""
+        CREATE TABLE public.{table}_audit ({column} text);
+        CREATE FUNCTION public.audit_{table}() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN INSERT INTO public.{table}_audit VALUES (NEW.{column}); RETURN NEW; END$$;
+        CREATE TRIGGER audit AFTER INSERT ON oms.{table} FOR EACH ROW EXECUTE FUNCTION public.audit_{table}();
+        SELECT 1""")
+
+
 def test_a_trigger_of_someone_else_keeps_the_row_by_row_path_and_fires(landing, migrated_url):
     """session_replication_role = replica would skip any trigger, not only the foreign keys': a table with one of
     its own (an audit trigger a DBA added, say) is written with every trigger on."""
@@ -344,18 +354,13 @@ def test_a_trigger_of_someone_else_keeps_the_row_by_row_path_and_fires(landing, 
 
     url = migrated_url
     two_orders(landing)
-    table_rows(url, """
-        CREATE TABLE public.attempt_audit (line_id text);
-        CREATE FUNCTION public.audit_attempt() RETURNS trigger LANGUAGE plpgsql AS
-          $$BEGIN INSERT INTO public.attempt_audit VALUES (NEW.line_id); RETURN NEW; END$$;
-        CREATE TRIGGER audit AFTER INSERT ON oms.backorder_attempts FOR EACH ROW EXECUTE FUNCTION public.audit_attempt();
-        SELECT 1""")
+    audit_inserts(url, "backorder_attempts", "line_id")
     with db.transaction(url) as conn, conn.cursor() as cur:
         assert db.why_row_triggers_needed(cur, cycle.REFERENCING_TABLES) == \
             "trigger audit on oms.backorder_attempts would be skipped too"
         assert db.why_row_triggers_needed(cur, ["oms.shipment_requests"]) is None
     cycle.run_cycle(url, T1)
-    assert table_rows(url, "SELECT line_id FROM public.attempt_audit ORDER BY 1") == \
+    assert table_rows(url, "SELECT line_id FROM public.backorder_attempts_audit ORDER BY 1") == \
         table_rows(url, "SELECT line_id FROM oms.backorder_attempts ORDER BY 1") == [("R1-1",), ("R2-1",)]
 
 
@@ -366,16 +371,11 @@ def test_only_the_inserts_with_foreign_keys_run_without_row_triggers(landing, mi
 
     url = migrated_url
     two_orders(landing)
-    table_rows(url, """
-        CREATE TABLE public.order_audit (order_id text);
-        CREATE FUNCTION public.audit_order() RETURNS trigger LANGUAGE plpgsql AS
-          $$BEGIN INSERT INTO public.order_audit VALUES (NEW.order_id); RETURN NEW; END$$;
-        CREATE TRIGGER audit AFTER INSERT ON oms.orders FOR EACH ROW EXECUTE FUNCTION public.audit_order();
-        SELECT 1""")
+    audit_inserts(url, "orders", "order_id")
     caplog.set_level(logging.INFO, logger="backorders")
     cycle.run_cycle(url, T1)
     assert "checked row by row" not in caplog.text
-    assert table_rows(url, "SELECT order_id FROM public.order_audit ORDER BY 1") == [("R1",), ("R2",)]
+    assert table_rows(url, "SELECT order_id FROM public.orders_audit ORDER BY 1") == [("R1",), ("R2",)]
 
 
 def test_a_role_that_may_not_switch_triggers_off_is_told_so(migrated_url):

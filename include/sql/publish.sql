@@ -61,22 +61,16 @@ UNION ALL
 SELECT 'shipment_request_lines -> order_lines', count(*), min(order_id || ' line ' || line_id) FROM ins
 WHERE NOT EXISTS (SELECT 1 FROM oms.order_lines l WHERE l.order_id = ins.order_id AND l.line_id = ins.line_id);
 
-WITH ins AS (
-    INSERT INTO oms.line_cancellations (order_id, line_id, run_at, quantity, kind, reason)
-    SELECT order_id, line_id, %(t)s, qty_cancelled, 'NOT_BACKORDERABLE',
-           coalesce(nullif(reason, ''), 'not backorderable')
-    FROM {stg}.line_results WHERE qty_cancelled > 0
-    ORDER BY order_id, line_id
-    RETURNING order_id, line_id)
-INSERT INTO {stg}.publish_orphans
-SELECT 'line_cancellations -> order_lines', count(*), min(order_id || ' line ' || line_id) FROM ins
-WHERE NOT EXISTS (SELECT 1 FROM oms.order_lines l WHERE l.order_id = ins.order_id AND l.line_id = ins.line_id);
-
--- cancellations decided at T before allocation (lifecycle.stage_cancellations): buyer, FTC, automatic
+-- cancellations: quantity not backorderable (the allocation), and those decided at T before allocation
+-- (lifecycle.stage_cancellations: buyer, FTC, automatic)
 WITH ins AS (
     INSERT INTO oms.line_cancellations (order_id, line_id, run_at, quantity, kind, reason, refund_due_at)
+    SELECT order_id, line_id, %(t)s, qty_cancelled, 'NOT_BACKORDERABLE',
+           coalesce(nullif(reason, ''), 'not backorderable'), NULL::timestamptz
+    FROM {stg}.line_results WHERE qty_cancelled > 0
+    UNION ALL
     SELECT order_id, line_id, %(t)s, qty, kind, reason, refund_due_at FROM {stg}.cancellations
-    ORDER BY order_id, line_id, kind
+    ORDER BY 1, 2, 5
     RETURNING order_id, line_id)
 INSERT INTO {stg}.publish_orphans
 SELECT 'line_cancellations -> order_lines', count(*), min(order_id || ' line ' || line_id) FROM ins
