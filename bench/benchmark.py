@@ -14,7 +14,9 @@ What is measured (see docs/performance.md):
 3. *The floor*, on the same database and the same staged input of the measured cycle: a single-statement SQL FIFO
    allocation (a window function cumulating the open quantity per pool and SKU in priority order, against the pool's
    stock), and a bare COPY of the cycle's input rows (staged demand and stock) out of PostgreSQL and of its output
-   rows (allocations, line results) into it.
+   rows (allocations, line results) into it. The first cycle's staged tables are kept in ``bench_floor``, and the floor
+   is sampled after it and before and after every later cycle (with the history too): each cycle's ratios are taken to
+   the floor samples next to it, so that a host whose speed moves during the run moves both.
 4. *History*: ``--history-lines`` closed lines (shipped or cancelled orders, their shipment requests and lines,
    cancellations and backorder attempts, all before T0) are inserted, then T1 is rewound and measured again.
 
@@ -211,11 +213,7 @@ def rewind(url: str, t: str) -> None:
 
 def vacuum_analyze(url: str) -> None:
     """What autovacuum and the checkpointer would have done between runs (hours apart): visibility maps and statistics
-    of the oms tables, and the dirty pages of what came before written out. Without the CHECKPOINT, the gigabytes that
-    the first ingest or the history insert wrote are flushed during the measured cycle that follows, and charged to it
-    (a superuser, or on PostgreSQL 15+ a member of pg_checkpoint, may run it; otherwise it is left to the server)."""
-    import psycopg2
-
+    of the oms tables, and the dirty pages of what came before written out (checkpoint)."""
     from backorders import db
 
     conn = db.connect(url)
@@ -224,6 +222,21 @@ def vacuum_analyze(url: str) -> None:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'oms'")
         for (table,) in cur.fetchall():
             cur.execute(f"VACUUM ANALYZE oms.{table}")
+    conn.close()
+    checkpoint(url)
+
+
+def checkpoint(url: str) -> None:
+    """Write out the dirty pages of what came before. Without it, the gigabytes that the first ingest or the history
+    insert wrote are flushed during the measured cycle that follows, and charged to it (a superuser, or on PostgreSQL
+    15+ a member of pg_checkpoint, may run it; otherwise it is left to the server)."""
+    import psycopg2
+
+    from backorders import db
+
+    conn = db.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
         try:
             cur.execute("CHECKPOINT")
         except psycopg2.errors.InsufficientPrivilege as exc:
@@ -291,27 +304,54 @@ def copy_floor(conn, stg: str) -> dict:
     return out
 
 
-def measure_floor(url: str, t: str, repeat: int) -> dict:
+# the staged input and output of the first measured cycle, kept for the floor samples taken around every cycle
+FLOOR_SCHEMA = "bench_floor"
+FLOOR_TABLES = ("demand", "stock", "pools", "channels", "allocations", "line_results")
+
+
+def keep_floor_input(url: str, t: str) -> str:
+    """Copy the staged tables the floor reads (of a cycle run with keep_staging) to FLOOR_SCHEMA, which rewinds leave
+    alone: the floor can then be measured before and after every later cycle, on the very same rows."""
     from backorders import cycle, db
 
     stg = cycle.staging_schema(cycle.as_run_time(t))
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {FLOOR_SCHEMA} CASCADE; CREATE SCHEMA {FLOOR_SCHEMA}")
+        for table in FLOOR_TABLES:
+            cur.execute(f"CREATE TABLE {FLOOR_SCHEMA}.{table} AS TABLE {stg}.{table}; ANALYZE {FLOOR_SCHEMA}.{table}")
+    return FLOOR_SCHEMA
+
+
+def measure_floor(url: str, schema: str, repeat: int) -> dict:
+    """The floor, `repeat` samples of each part (medians), on the staged tables in `schema`."""
+    from backorders import db
+
     conn = db.connect(url)
     try:
-        fifo = [fifo_floor(conn, stg) for _ in range(repeat)]
-        copies = [copy_floor(conn, stg) for _ in range(repeat)]
+        fifo = [fifo_floor(conn, schema) for _ in range(repeat)]
+        copies = [copy_floor(conn, schema) for _ in range(repeat)]
         with conn.cursor() as cur:
-            cur.execute(f"SELECT count(*), coalesce(sum(qty_allocated), 0) FROM {stg}.floor_fifo")
+            cur.execute(f"SELECT count(*), coalesce(sum(qty_allocated), 0) FROM {schema}.floor_fifo")
             rows, qty = cur.fetchone()
-            cur.execute(f"SELECT (SELECT count(*) FROM {stg}.demand), (SELECT count(*) FROM {stg}.stock), "
-                        f"(SELECT count(*) FROM {stg}.allocations), (SELECT count(*) FROM {stg}.line_results)")
+            cur.execute(f"SELECT (SELECT count(*) FROM {schema}.demand), (SELECT count(*) FROM {schema}.stock), "
+                        f"(SELECT count(*) FROM {schema}.allocations), (SELECT count(*) FROM {schema}.line_results)")
             sizes = dict(zip(["demand", "stock", "allocations", "line_results"], cur.fetchone()))
     finally:
         conn.close()
     return {"sql_fifo": statistics.median(fifo), "sql_fifo_runs": [round(x, 3) for x in fifo],
             "copy": statistics.median(c["copy"] for c in copies),
+            "copy_runs": [round(c["copy"], 3) for c in copies],
             "copy_out": statistics.median(c["copy_out"] for c in copies),
             "copy_in": statistics.median(c["copy_in"] for c in copies),
             "fifo_lines": int(rows), "fifo_qty_allocated": int(qty), "rows": sizes}
+
+
+def pooled_floor(samples: list[dict]) -> dict:
+    """One floor of several sample sets (taken around several cycles): the medians of all their samples."""
+    fifo = [x for s in samples for x in s["sql_fifo_runs"]]
+    copies = [x for s in samples for x in s["copy_runs"]]
+    return {**samples[-1], "sql_fifo": statistics.median(fifo), "sql_fifo_runs": fifo,
+            "copy": statistics.median(copies), "copy_runs": copies, "samples": samples}
 
 
 # ----------------------------------------------------------------------------------------------- history
@@ -437,24 +477,60 @@ def report_table(res: dict) -> str:
     out += ["", f"demand lines {res['floor']['rows']['demand']:,}, stock rows {res['floor']['rows']['stock']:,}, "
                 f"peak RSS of the cycle {m['peak_rss_mb']:.0f} MB"]
     out += [f"target {k}: {v['value']:.2f} (limit {v['limit']}) {'OK' if v['met'] else 'NOT MET'}" for k, v in t.items()]
+    out += ["", "floor samples (SQL FIFO, median of each set):"]
+    out += [f"  {f['when']}: {f['sql_fifo']:.2f} s" for key in ("cycle", "history_cycle") if res.get(key)
+            for r in res[key]["runs"] for f in r.get("floor_samples", [])]
+    d = res.get("diagnostics") or {}
+    if d.get("floor_spread"):
+        out += [f"floor spread (slowest / fastest sample): {d['floor_spread']:.2f}"]
+    if d.get("history_ratio_over_floor"):
+        out += [f"history ratio with each cycle over its own floor samples (not the target): "
+                f"{d['history_ratio_over_floor']:.2f} (the floor itself moved {d['history_floor_ratio']:.2f}x)"]
     return "\n".join(out)
 
 
-def targets(res: dict) -> dict:
+def allocate_seconds(stages: dict) -> float:
+    """The allocate stages' own seconds: were they to run side by side with another stage, their group's share of the
+    block's wall time would hide what sharing the cores costs them."""
+    return sum(v for k, v in stages.items() if stage_group(k) == "allocate")
+
+
+def floor_ratios(res: dict, key: str = "cycle") -> dict:
+    """Allocate stage and whole cycle over the floor: the median over the cycles of each one's seconds over the floor
+    sampled around it (so a host that slows down for a while slows both); the pooled floor without per-cycle samples."""
+    m = res[key]
+    runs = [r for r in m.get("runs", []) if r.get("floor")]
+    if runs:
+        return {"allocate": statistics.median(allocate_seconds(r["seconds"]) / r["floor"] for r in runs),
+                "cycle": statistics.median(r["wall_seconds"] / r["floor"] for r in runs)}
     floor = res["floor"]["sql_fifo"]
+    return {"allocate": allocate_seconds(m["stages"]) / floor, "cycle": m["cycle"] / floor}
+
+
+def targets(res: dict) -> dict:
     m = res["cycle"]
+    ratios = floor_ratios(res)
     out = {
-        # the allocate stages' own seconds, not their group's share of a block's wall time: were they to run side by
-        # side with another stage, the share would hide what sharing the cores costs them
-        "allocate_vs_fifo": {"value": sum(v for k, v in m["stages"].items() if stage_group(k) == "allocate") / floor,
-                             "limit": 3.0},
-        "cycle_vs_fifo": {"value": m["cycle"] / floor, "limit": 10.0},
+        "allocate_vs_fifo": {"value": ratios["allocate"], "limit": 3.0},
+        "cycle_vs_fifo": {"value": ratios["cycle"], "limit": 10.0},
         "peak_rss_gb": {"value": m["peak_rss_mb"] / 1024, "limit": 2.0},
     }
     if res.get("history_cycle"):
         out["history_ratio"] = {"value": res["history_cycle"]["cycle"] / m["cycle"], "limit": 1.2}
     for v in out.values():
         v["met"] = v["value"] <= v["limit"] if v["limit"] != 2.0 else v["value"] < v["limit"]
+    return out
+
+
+def diagnostics(res: dict) -> dict:
+    """Not targets: how far the host's speed moved during the run (the floor's spread), and the history ratio with
+    each cycle taken over the floor sampled around it (what is left of the history's cost if the floor's own change
+    is the host's)."""
+    fifo = res["floor"]["sql_fifo_runs"] + (res.get("history_floor") or {}).get("sql_fifo_runs", [])
+    out = {"floor_spread": max(fifo) / min(fifo) if fifo and min(fifo) else None}
+    if res.get("history_cycle"):
+        out["history_floor_ratio"] = res["history_floor"]["sql_fifo"] / res["floor"]["sql_fifo"]
+        out["history_ratio_over_floor"] = floor_ratios(res, "history_cycle")["cycle"] / floor_ratios(res)["cycle"]
     return out
 
 
@@ -506,17 +582,36 @@ def run(args, out: Path) -> dict:
                          "prepared_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "history_lines": 0})
 
+    # the floor is sampled around every measured cycle (the host's speed moves by 20 % within an hour): each cycle's
+    # ratios are taken to the samples next to it; at least three samples a time, whatever --repeat (one moved by 30 %)
+    samples = max(FLOOR_SAMPLES, args.repeat)
+
+    def floor_sample(when: str) -> dict:
+        sample = {"when": when, **measure_floor(url, FLOOR_SCHEMA, samples)}
+        _say(f"floor {when}: SQL FIFO {sample['sql_fifo_runs']} s, COPY {sample['copy_runs']} s")
+        return sample
+
+    def measured_cycle(name: str, keep_staging: bool = False, before: list | None = None) -> dict:
+        if before:
+            checkpoint(url)      # the floor's own writes are not charged to the cycle
+        run_ = _child(["_cycle", "--url", url, "--t", t1] + (["--keep-staging"] if keep_staging else []))
+        _say(f"{name} at T1 {run_['wall_seconds']} s {run_['seconds']}")
+        if keep_staging:
+            keep_floor_input(url, t1)
+        run_["floor_samples"] = (before or []) + [floor_sample(f"after {name}")]
+        run_["floor"] = pooled_floor(run_["floor_samples"])["sql_fifo"]
+        return run_
+
     runs = []
     for i in range(args.repeat):
+        before = None
         if i:
             rewind(url, t1)
             vacuum_analyze(url)      # each repeat starts from the state autovacuum would leave, as the first did
-        runs.append(_child(["_cycle", "--url", url, "--t", t1] + (["--keep-staging"] if i == 0 else [])))
-        _say(f"cycle at T1 {runs[-1]['wall_seconds']} s {runs[-1]['seconds']}")
-        if i == 0:
-            # the denominator of every ratio: at least three samples, whatever --repeat (one sample moved by 30 %)
-            res["floor"] = measure_floor(url, t1, max(FLOOR_SAMPLES, args.repeat))
-            _say(f"floor: {res['floor']}")
+            before = [floor_sample(f"before cycle {i + 1}")]
+        runs.append(measured_cycle(f"cycle {i + 1}", keep_staging=i == 0, before=before))
+        _save(out, res)
+    res["floor"] = pooled_floor([f for r in runs for f in r["floor_samples"]])
     res["cycle"] = median_runs(runs)
     _save(out, res)
 
@@ -531,10 +626,12 @@ def run(args, out: Path) -> dict:
         for i in range(args.repeat):
             rewind(url, t1)
             vacuum_analyze(url)
-            hruns.append(_child(["_cycle", "--url", url, "--t", t1]))
-            _say(f"cycle at T1 with history {hruns[-1]['wall_seconds']} s {hruns[-1]['seconds']}")
+            before = [floor_sample(f"before history cycle {i + 1}")]
+            hruns.append(measured_cycle(f"history cycle {i + 1}", before=before))
+        res["history_floor"] = pooled_floor([f for r in hruns for f in r["floor_samples"]])
         res["history_cycle"] = median_runs(hruns)
     res["targets"] = targets(res)
+    res["diagnostics"] = diagnostics(res)
     res["finished_at_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not (args.keep_database or args.reuse_database):
         bench_database_drop(url)

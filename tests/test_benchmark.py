@@ -71,7 +71,7 @@ def test_benchmark_state_and_cycle_equal_the_dag_runs(airflow_home, db_url, pg_a
     assert first["summary"]["lines_backordered"] > 0 and first["summary"]["lines_allocated"] == 0   # no stock at T0
     measured = benchmark.measure_cycle(db_url, t1, keep_staging=True)
     assert measured["summary"]["lines_allocated"] > 0 and measured["peak_rss_mb"] > 0
-    floor = benchmark.measure_floor(db_url, t1, 1)
+    floor = benchmark.measure_floor(db_url, benchmark.keep_floor_input(db_url, t1), 1)
     assert floor["rows"]["demand"] == floor["fifo_lines"] == measured["summary"]["demand_lines"]
     benchmark.rewind(db_url, t1)
     benchmark.measure_cycle(db_url, t1, keep_staging=False)
@@ -86,27 +86,42 @@ def test_benchmark_state_and_cycle_equal_the_dag_runs(airflow_home, db_url, pg_a
 
 def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
     """--keep-database leaves a prepared database that --reuse-database measures again without generating it or
-    ingesting it anew: same scale, same staged input, same cycle figures (the run at T1 is rewound first)."""
+    ingesting it anew: same scale, same staged input, same cycle figures (the run at T1 is rewound first). Every cycle,
+    with the history too, is bracketed by floor samples on the first cycle's staged input."""
     import json
 
     import psycopg2
 
     name = "bench_reuse_test"
-    common = ["--url", pg_admin_url, "--database", name, "--history-lines", "0", "--repeat", "1"]
+    common = ["--url", pg_admin_url, "--database", name]
     try:
-        benchmark.main(["--open-lines", "1200", "--keep-database", "--out", str(tmp_path / "first.json"), *common])
+        benchmark.main(["--open-lines", "1200", "--keep-database", "--history-lines", "0", "--repeat", "1",
+                        "--out", str(tmp_path / "first.json"), *common])
         first = json.loads((tmp_path / "first.json").read_text())
-        benchmark.main(["--reuse-database", "--out", str(tmp_path / "again.json"), *common])
+        assert len(first["floor"]["sql_fifo_runs"]) == benchmark.FLOOR_SAMPLES == 3       # --repeat 1: still 3
+        benchmark.main(["--reuse-database", "--history-lines", "300", "--repeat", "2",
+                        "--out", str(tmp_path / "again.json"), *common])
         again = json.loads((tmp_path / "again.json").read_text())
         assert "first_ingest" not in again and again["first_ingest_earlier"] == first["first_ingest"]
-        assert again["scale"]["open_lines_requested"] == 1200 and again["scale"] == first["scale"]
+        assert again["scale"]["open_lines_requested"] == 1200
         assert again["prepare"] == first["prepare"]
         assert again["floor"]["rows"] == first["floor"]["rows"] and again["floor"]["rows"]["demand"] > 0
-        assert len(again["floor"]["sql_fifo_runs"]) == benchmark.FLOOR_SAMPLES == 3       # --repeat 1: still 3
-        assert again["cycle"]["runs"][0]["summary"] == first["cycle"]["runs"][0]["summary"]
-        assert again["cycle"]["runs"][0]["summary"]["lines_allocated"] > 0
+        runs, hruns = again["cycle"]["runs"], again["history_cycle"]["runs"]
+        assert runs[0]["summary"] == runs[1]["summary"] == first["cycle"]["runs"][0]["summary"]
+        assert runs[0]["summary"]["lines_allocated"] > 0
+        assert hruns[0]["summary"]["demand_lines"] == runs[0]["summary"]["demand_lines"]
+        # the floor samples: after the first cycle (its staged input is kept), then before and after every other one
+        assert [[f["when"] for f in r["floor_samples"]] for r in runs + hruns] == [
+            ["after cycle 1"], ["before cycle 2", "after cycle 2"],
+            ["before history cycle 1", "after history cycle 1"], ["before history cycle 2", "after history cycle 2"]]
+        samples = [f for r in runs + hruns for f in r["floor_samples"]]
+        assert all(f["rows"] == first["floor"]["rows"] and len(f["sql_fifo_runs"]) == 3 for f in samples)
+        assert len(again["floor"]["sql_fifo_runs"]) == 9 and len(again["history_floor"]["sql_fifo_runs"]) == 12
+        assert again["history"]["table_rows_after"]["order_lines"] >= 300
+        assert again["diagnostics"]["floor_spread"] >= 1 and again["diagnostics"]["history_ratio_over_floor"] > 0
+        assert "history_ratio" in again["targets"]
         # the stages run side by side are reported as blocks; the groups add up to the cycle (its untimed gaps aside)
-        run = again["cycle"]["runs"][0]
+        run = runs[0]
         assert set(run["parallel"]) == {"extract", "after_publish", "side_effects"}
         assert 0.8 * run["wall_seconds"] <= sum(benchmark.grouped(run["seconds"], run["parallel"]).values()) \
             <= run["wall_seconds"]
@@ -156,3 +171,24 @@ def test_the_allocate_target_takes_the_allocate_stages_own_seconds():
     assert got["allocate_vs_fifo"]["value"] == pytest.approx((0.5 + 6.0 + 1.5) / 2.0)
     assert got["cycle_vs_fifo"]["value"] == pytest.approx(10.0) and got["peak_rss_gb"]["value"] == 0.5
     assert "history_ratio" not in got
+
+
+def test_the_ratios_take_each_cycle_over_the_floor_sampled_around_it():
+    """A host that slows down for a while slows the cycle and the floor next to it alike: each cycle is divided by
+    its own floor samples, and the median of those ratios taken (10, 12 and 10 here), not the median cycle over the
+    median floor (36 / 3 = 12)."""
+    stages = {"prepare_allocation": 0.5, "allocate[pool-A]": 3.5, "publish": 10.0}
+    runs = [{"wall_seconds": w, "seconds": {k: v * f / 2 for k, v in stages.items()}, "floor": f}
+            for w, f in ((20.0, 2.0), (36.0, 3.0), (40.0, 4.0))]
+    res = {"floor": {"sql_fifo": 3.0, "sql_fifo_runs": [2.0, 3.0, 4.0]},
+           "cycle": {"cycle": 36.0, "stages": stages, "peak_rss_mb": 900.0, "runs": runs}}
+    got = benchmark.targets(res)
+    assert got["cycle_vs_fifo"]["value"] == pytest.approx(10.0) and got["cycle_vs_fifo"]["met"]
+    assert got["allocate_vs_fifo"]["value"] == pytest.approx(2.0)
+    hruns = [{**r, "wall_seconds": r["wall_seconds"] * 1.5, "floor": r["floor"] * 1.25} for r in runs]
+    res.update(history_cycle={"cycle": 54.0, "stages": stages, "peak_rss_mb": 900.0, "runs": hruns},
+               history_floor={"sql_fifo": 3.75, "sql_fifo_runs": [2.5, 3.75, 5.0]})
+    assert benchmark.targets(res)["history_ratio"]["value"] == pytest.approx(1.5)      # the target: cycles alone
+    d = benchmark.diagnostics(res)
+    assert d["history_ratio_over_floor"] == pytest.approx(1.2) and d["history_floor_ratio"] == pytest.approx(1.25)
+    assert d["floor_spread"] == pytest.approx(2.5)
