@@ -26,8 +26,9 @@ def _stores(cur, stg: str, rules: Rules) -> list[str]:
     """Channels the lifecycle looks at: every listed channel, the stores of this run's new orders and of open lines."""
     cur.execute(f"""
         SELECT store FROM {stg}.new_orders
-        UNION SELECT o.store FROM oms.order_lines l JOIN oms.orders o USING (order_id)
-              WHERE l.qty_backordered + l.qty_held + l.qty_allocated > 0""")
+        UNION SELECT o.store FROM (SELECT DISTINCT order_id FROM oms.order_lines
+                                   WHERE qty_backordered + qty_held + qty_allocated > 0) l
+              CROSS JOIN LATERAL (SELECT o.store FROM oms.orders o WHERE o.order_id = l.order_id OFFSET 0) o""")
     return sorted(set(rules.channels) | {r[0] for r in cur.fetchall()})
 
 
@@ -67,19 +68,21 @@ def stage_cancellations(url: str, t, rules: Rules | None = None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- after publish
 _CANDIDATES = """
-SELECT o.order_id, o.store, o.ship_by_date, o.customer_email, o.customer_name, o.language,
+SELECT l.order_id, o.store, o.ship_by_date, o.customer_email, o.customer_name, o.language,
        d.notice_kind, d.deadline, d.deadline_kind,
        l.line_id, l.line_number, l.sku, l.product_name, l.qty_backordered + l.qty_held AS qty_open,
        (SELECT c.restock_lead_days FROM landing.catalog_items c WHERE c.sku = l.sku
           AND (c.updated_at IS NULL OR c.updated_at <= %(t)s) ORDER BY c.updated_at DESC NULLS LAST LIMIT 1)
           AS restock_lead_days
 FROM oms.order_lines l
-JOIN oms.orders o USING (order_id)
+CROSS JOIN LATERAL (         -- the open lines' orders by key, not by a scan of every order of the history
+    SELECT o.store, o.ship_by_date, o.customer_email, o.customer_name, o.language
+    FROM oms.orders o WHERE o.order_id = l.order_id OFFSET 0) o
 JOIN {stg}.lifecycle_channels ch ON ch.store = o.store AND ch.ftc_rule
-LEFT JOIN oms.ftc_deadlines d USING (order_id)
+LEFT JOIN oms.ftc_deadlines d ON d.order_id = l.order_id
 WHERE l.qty_backordered + l.qty_held > 0
   AND (d.order_id IS NULL OR d.deadline_kind = 'REVISED')
-ORDER BY o.order_id, l.line_number
+ORDER BY l.order_id, l.line_number
 """
 
 

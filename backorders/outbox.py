@@ -211,11 +211,13 @@ def _reauthorizations(cur, t: datetime) -> None:
     _insert_requests)."""
     cur.execute(f"""
         CREATE TEMP TABLE bo_orders ON COMMIT DROP AS
-        SELECT o.order_id, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, coalesce(o.last_authorized_at, o.origin_date) AS last_auth,
+        SELECT b.order_id, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, coalesce(o.last_authorized_at, o.origin_date) AS last_auth,
                m.reauth_interval_days, m.authorization_validity_days, m.partial_capture
         FROM (SELECT DISTINCT order_id FROM oms.order_lines
               WHERE qty_backordered + qty_held > 0 AND qty_backordered > 0) b
-        JOIN oms.orders o USING (order_id) {_PM}
+        CROSS JOIN LATERAL (    -- by key, not a scan of every order of the history
+            SELECT {_ORDER_COLS}, o.last_authorized_at, o.origin_date
+            FROM oms.orders o WHERE o.order_id = b.order_id OFFSET 0) o {_PM}
         WHERE o.payment_method IS NOT NULL AND m.reauthorize AND o.origin_date <= %(t)s""", {"t": t})
     cur.execute("""
         CREATE TEMP TABLE reauth ON COMMIT DROP AS

@@ -22,8 +22,8 @@ WITH aged AS (
            'BACKORDER_AGE:' || l.order_id || ':' || l.line_id || ':'
                || to_char(l.backordered_since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS cause_key,
            c.exception_days
-    FROM oms.order_lines l
-    JOIN oms.orders o USING (order_id)
+    FROM oms.order_lines l      -- their orders by key (OFFSET 0: per line), not a scan of every order of the history
+    CROSS JOIN LATERAL (SELECT o.store FROM oms.orders o WHERE o.order_id = l.order_id OFFSET 0) o
     JOIN {stg}.channels c ON c.store = o.store
     WHERE l.qty_backordered > 0 AND l.qty_backordered + l.qty_held > 0     -- the second uses the open-lines index
       AND l.backordered_since <= %(t)s - make_interval(days => c.exception_days)

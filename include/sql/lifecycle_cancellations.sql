@@ -9,10 +9,11 @@
 CREATE TABLE {stg}.cancellations (order_id text, line_id text, qty bigint, kind text, reason text,
                                   refund_due_at timestamptz);
 
-WITH open_lines AS (
+WITH open_lines AS (     -- their orders read by key (OFFSET 0: per line), not by a scan of every order of the history
     SELECT l.order_id, l.line_id, o.store, o.ship_by_date, l.auto_cancel_at, false AS is_new,
            l.qty_backordered AS qty_bo, l.qty_backordered + l.qty_held AS qty_open
-    FROM oms.order_lines l JOIN oms.orders o USING (order_id)
+    FROM oms.order_lines l
+    CROSS JOIN LATERAL (SELECT o.store, o.ship_by_date FROM oms.orders o WHERE o.order_id = l.order_id OFFSET 0) o
     WHERE l.qty_backordered + l.qty_held > 0
     UNION ALL
     SELECT n.order_id, n.line_id, o.store, o.ship_by_date, n.auto_cancel_at, true, 0, n.qty_ordered

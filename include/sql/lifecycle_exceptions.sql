@@ -10,12 +10,12 @@ WITH unshipped AS (
     WHERE qty_backordered + qty_held + qty_allocated > 0
     GROUP BY order_id
 ),
-cur AS (
-    SELECT o.order_id, u.qty_open, u.qty_allocated, c.timezone,
+cur AS (    -- the unshipped orders read by key (OFFSET 0: per order), not by a scan of every order of the history
+    SELECT u.order_id, u.qty_open, u.qty_allocated, c.timezone,
            CASE WHEN d.order_id IS NULL THEN o.ship_by_date ELSE d.deadline END AS deadline,
            CASE WHEN d.order_id IS NULL THEN 'SHIP_BY' ELSE d.deadline_kind END AS deadline_kind
     FROM unshipped u
-    JOIN oms.orders o USING (order_id)
+    CROSS JOIN LATERAL (SELECT o.store, o.ship_by_date FROM oms.orders o WHERE o.order_id = u.order_id OFFSET 0) o
     JOIN {stg}.lifecycle_channels c ON c.store = o.store AND c.ftc_rule
     LEFT JOIN oms.ftc_deadlines d USING (order_id)
 )

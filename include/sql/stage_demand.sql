@@ -20,8 +20,9 @@ SELECT l.order_id, l.line_id, l.line_number, l.sku, o.store, p.pool,
        o.priority_tier, o.origin_date, l.qty_backordered + l.qty_held - coalesce(x.qty, 0) AS qty_open, l.backorderable,
        coalesce((SELECT max(r.shipment_number) FROM oms.shipment_requests r WHERE r.order_id = l.order_id), 0),
        false, l.qty_held, l.qty_backordered, l.wait_reason
-FROM oms.order_lines l
-JOIN oms.orders o USING (order_id)
+FROM oms.order_lines l      -- the waiting lines' orders by key (OFFSET 0: per line), not a scan of the history's
+CROSS JOIN LATERAL (SELECT o.store, o.priority_tier, o.origin_date FROM oms.orders o
+                    WHERE o.order_id = l.order_id OFFSET 0) o
 LEFT JOIN {stg}.pools p USING (store)
 LEFT JOIN cancelled x USING (order_id, line_id)
 WHERE l.qty_backordered + l.qty_held > 0
