@@ -117,7 +117,7 @@ def read_frame(conn, sql: str, params: dict | Sequence | None = None, dtypes: di
     with conn.cursor() as cur:
         query = cur.mogrify(sql, params).decode() if params is not None else sql
     blocks: queue.Queue = queue.Queue(maxsize=64)
-    sink = _QueuedBytes(blocks)
+    sink = _QueuedRows(blocks)
 
     def fetch() -> None:
         try:
@@ -133,24 +133,41 @@ def read_frame(conn, sql: str, params: dict | Sequence | None = None, dtypes: di
     try:
         frame = pd.read_csv(sink, dtype=dtypes or None, keep_default_na=False, na_values=[""], encoding="utf-8")
     finally:
-        while fetcher.is_alive():         # if parsing failed: the COPY runs to its end (the connection stays usable)
-            try:
-                blocks.get_nowait()
-            except queue.Empty:
-                fetcher.join(0.01)
+        _let_end(fetcher, blocks)         # if parsing failed: the COPY runs to its end (the connection stays usable)
     for col in parse_dates:
         frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
     return frame
 
 
-class _QueuedBytes:
-    """Both ends of read_frame's COPY: the fetching thread writes the rows (joined in blocks of 5,000 into the queue),
-    pandas reads the blocks (None: the end; an exception: the COPY's, raised here)."""
+class _QueuedBlocks:
+    """A file whose read() returns, in order, the blocks another thread queues: None ends it, an exception is raised in
+    the reader's thread."""
+
+    def __init__(self, blocks: queue.Queue, empty: str | bytes):
+        self.blocks, self.empty, self.ended = blocks, empty, False
+
+    def read(self, size: int = -1):
+        if self.ended:
+            return self.empty
+        block = self.blocks.get()
+        if isinstance(block, BaseException):
+            self.ended = True
+            raise block
+        if block is None:
+            self.ended = True
+            return self.empty
+        return block
+
+
+class _QueuedRows(_QueuedBlocks):
+    """Both ends of read_frame's COPY: the fetching thread writes the rows (joined in blocks of ROWS into the queue),
+    pandas reads the blocks."""
 
     ROWS = 5_000
 
     def __init__(self, blocks: queue.Queue):
-        self.blocks, self.rows, self.ended = blocks, [], False
+        super().__init__(blocks, b"")
+        self.rows: list[bytes] = []
 
     def write(self, row: bytes) -> None:
         self.rows.append(row)
@@ -162,17 +179,15 @@ class _QueuedBytes:
             self.blocks.put(b"".join(self.rows))
         self.rows = []
 
-    def read(self, size: int = -1) -> bytes:
-        if self.ended:
-            return b""
-        block = self.blocks.get()
-        if isinstance(block, BaseException):
-            self.ended = True
-            raise block
-        if block is None:
-            self.ended = True
-            return b""
-        return block
+
+def _let_end(thread: threading.Thread, blocks: queue.Queue) -> None:
+    """Wait for a thread that queues blocks to end, taking what it still queues (after an error on the reading side
+    it may be waiting on a full queue)."""
+    while thread.is_alive():
+        try:
+            blocks.get_nowait()
+        except queue.Empty:
+            thread.join(0.01)
 
 
 COPY_BLOCK_ROWS = 20_000      # rows turned into COPY text at a time (copy_frame)
@@ -210,39 +225,16 @@ def copy_frame(conn, frame, table: str, columns: Sequence[str] | None = None, bl
     cols = ", ".join(f'"{c}"' for c in columns)
     try:
         with conn.cursor() as cur:
-            cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT text)", _QueuedText(blocks),
+            cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT text)", _QueuedBlocks(blocks, ""),
                             size=1 << 16)
     except psycopg2.errors.QueryCanceled as exc:
         if failed:
             raise failed[0] from exc
         raise
     finally:
-        stop.set()
-        while builder.is_alive():         # a failed COPY leaves the builder waiting on a full queue: unblock it
-            try:
-                blocks.get_nowait()
-            except queue.Empty:
-                builder.join(0.01)
+        stop.set()                        # a COPY that failed: the builder stops at its next block
+        _let_end(builder, blocks)
     return len(frame)
-
-
-class _QueuedText:
-    """The file COPY FROM STDIN reads: the blocks of text copy_frame's builder thread queues (None: the end)."""
-
-    def __init__(self, blocks: queue.Queue):
-        self.blocks, self.ended = blocks, False
-
-    def read(self, size: int = -1) -> str:
-        if self.ended:
-            return ""
-        block = self.blocks.get()
-        if isinstance(block, BaseException):
-            self.ended = True
-            raise block
-        if block is None:
-            self.ended = True
-            return ""
-        return block
 
 
 @functools.lru_cache(maxsize=1)
