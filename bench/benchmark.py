@@ -347,11 +347,12 @@ def measure_floor(url: str, schema: str, repeat: int) -> dict:
 
 
 def pooled_floor(samples: list[dict]) -> dict:
-    """One floor of several sample sets (taken around several cycles): the medians of all their samples."""
+    """One floor of several sample sets (taken around several cycles): the medians of all their samples (the sets
+    themselves stay with their cycles' runs)."""
     fifo = [x for s in samples for x in s["sql_fifo_runs"]]
     copies = [x for s in samples for x in s["copy_runs"]]
-    return {**samples[-1], "sql_fifo": statistics.median(fifo), "sql_fifo_runs": fifo,
-            "copy": statistics.median(copies), "copy_runs": copies, "samples": samples}
+    return {**{k: v for k, v in samples[-1].items() if k != "when"}, "sql_fifo": statistics.median(fifo),
+            "sql_fifo_runs": fifo, "copy": statistics.median(copies), "copy_runs": copies}
 
 
 # ----------------------------------------------------------------------------------------------- history
@@ -587,8 +588,9 @@ def run(args, out: Path) -> dict:
     samples = max(FLOOR_SAMPLES, args.repeat)
 
     def floor_sample(when: str) -> dict:
-        # in the state the cycles start from: right after a cycle, autovacuum and the checkpointer work on its writes
-        # (a 1M sample taken there took 5.8 s, against 3.9 and 4.1 s in this state)
+        # in the state the cycles start from (a sample before a cycle is that cycle's VACUUM ANALYZE): right after a
+        # cycle, autovacuum and the checkpointer work on its writes (a 1M sample taken there took 5.8 s, against 3.9
+        # and 4.1 s in this state)
         vacuum_analyze(url)
         sample = {"when": when, **measure_floor(url, FLOOR_SCHEMA, samples)}
         _say(f"floor {when}: SQL FIFO {sample['sql_fifo_runs']} s, COPY {sample['copy_runs']} s")
@@ -609,8 +611,7 @@ def run(args, out: Path) -> dict:
     for i in range(args.repeat):
         before = None
         if i:
-            rewind(url, t1)
-            vacuum_analyze(url)      # each repeat starts from the state autovacuum would leave, as the first did
+            rewind(url, t1)          # then, in floor_sample, the state autovacuum would leave, as the first had
             before = [floor_sample(f"before cycle {i + 1}")]
         runs.append(measured_cycle(f"cycle {i + 1}", keep_staging=i == 0, before=before))
         _save(out, res)
@@ -628,7 +629,6 @@ def run(args, out: Path) -> dict:
         hruns = []
         for i in range(args.repeat):
             rewind(url, t1)
-            vacuum_analyze(url)
             before = [floor_sample(f"before history cycle {i + 1}")]
             hruns.append(measured_cycle(f"history cycle {i + 1}", before=before))
         res["history_floor"] = pooled_floor([f for r in hruns for f in r["floor_samples"]])

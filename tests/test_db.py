@@ -81,10 +81,11 @@ class _Unprintable:
         raise ValueError("this value has no text")
 
 
-def _copy_threads():
+def _copy_threads(prefix: str = "copy-text"):
+    """The helper threads of copy_frame ("copy-text <table>") or of read_frame ("copy-out") still alive."""
     import threading
 
-    return [t for t in threading.enumerate() if t.name.startswith("copy-text")]
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
 def test_a_value_that_cannot_be_written_aborts_the_copy_and_nothing_is_written(db_url):
@@ -148,12 +149,6 @@ def test_a_copy_cut_off_midway_raises_and_leaves_no_thread_waiting(db_url):
     assert not _copy_threads()
 
 
-def _copy_out_threads():
-    import threading
-
-    return [t for t in threading.enumerate() if t.name == "copy-out"]
-
-
 def test_read_frame_of_many_blocks_reads_every_row_in_order(db_url):
     """More rows than several of the blocks the COPY is queued in; text with commas, quotes, line breaks, non-ASCII
     and empty strings; NULLs; timestamps parsed in UTC."""
@@ -170,7 +165,7 @@ def test_read_frame_of_many_blocks_reads_every_row_in_order(db_url):
     assert frame["s"].isna().sum() == 12_345 // 7
     assert frame.loc[10, "s"] == 'é, "q"\nü' and frame.loc[0, "s"] == "r1"
     assert frame.loc[12_344, "ts"] == pd.Timestamp("2026-03-05 02:00:00", tz="UTC") + pd.Timedelta(seconds=12_345)
-    assert not _copy_out_threads()
+    assert not _copy_threads("copy-out")
 
 
 def test_read_frame_raises_the_servers_error_midway(db_url):
@@ -181,7 +176,7 @@ def test_read_frame_raises_the_servers_error_midway(db_url):
             db.read_frame(conn, "SELECT g, 1 / (g - 9000) AS x FROM generate_series(1, 20000) g")
     finally:
         conn.close()
-    assert not _copy_out_threads()
+    assert not _copy_threads("copy-out")
 
 
 def test_read_frame_that_pandas_cannot_parse_leaves_the_connection_usable(db_url):
@@ -193,7 +188,7 @@ def test_read_frame_that_pandas_cannot_parse_leaves_the_connection_usable(db_url
         with pytest.raises(ValueError):
             db.read_frame(conn, "SELECT g, CASE WHEN g = 15000 THEN 'x' ELSE g::text END AS n "
                                 "FROM generate_series(1, 600000) g", dtypes={"n": "int64"})
-        assert not _copy_out_threads()
+        assert not _copy_threads("copy-out")
         assert db.read_frame(conn, "SELECT 41 + 1 AS answer")["answer"].tolist() == [42]
     finally:
         conn.close()
