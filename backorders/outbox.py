@@ -402,7 +402,8 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
         FROM oms.shipment_requests r
         WHERE r.requested_at = %(t)s
           AND NOT EXISTS (SELECT 1 FROM oms.shipment_messages m
-                          WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id);
+                          WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id)
+        ORDER BY r.shipment_request_id;     -- key order: the lookups of its lines walk the index in order
         ANALYZE sr;
         CREATE TEMP TABLE so ON COMMIT DROP AS
         SELECT o.order_id, o.store, o.shipping_method, o.ship_by_date,
@@ -415,23 +416,23 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
         ANALYZE so (order_id)""", {"t": t})
     cur.execute(f"""
         WITH
-        -- the body is built as json (text) and parsed into jsonb once: nested jsonb_build_object calls would
-        -- re-serialize the lines at every level
-        ln AS (
-            SELECT l.shipment_request_id,
-                   json_agg(json_build_object('line_id', l.line_id, 'line_number', ol.line_number, 'sku', l.sku,
-                                              'product_name', ol.product_name, 'quantity', l.quantity)
-                            ORDER BY ol.line_number) AS lines,
-                   (array_agg(l.line_id ORDER BY ol.line_number))[1] AS first_line
-            FROM sr JOIN oms.shipment_request_lines l ON l.shipment_request_id = sr.shipment_request_id
-            JOIN oms.order_lines ol ON ol.order_id = l.order_id AND ol.line_id = l.line_id
-            GROUP BY l.shipment_request_id
-        ),
+        -- the body is built and stored as json (text), as sent: nested jsonb_build_object calls would re-serialize
+        -- the lines at every level. Each request's lines, and their order lines, are read by key: a
+        -- join would read every request line and order line of the history.
         x AS MATERIALIZED (
             SELECT sr.*, ln.lines, o.store, o.shipping_method, o.ship_by_date, o.addresses,
                    (SELECT e ->> 'shipping_address_reference' FROM jsonb_array_elements(o.raw_lines) e
                     WHERE e ->> 'id' = ln.first_line LIMIT 1) AS addr_ref
-            FROM sr LEFT JOIN ln ON ln.shipment_request_id = sr.shipment_request_id
+            FROM sr
+            CROSS JOIN LATERAL (
+                SELECT json_agg(json_build_object('line_id', l.line_id, 'line_number', ol.line_number, 'sku', l.sku,
+                                                  'product_name', ol.product_name, 'quantity', l.quantity)
+                                ORDER BY ol.line_number) AS lines,
+                       (array_agg(l.line_id ORDER BY ol.line_number))[1] AS first_line
+                FROM oms.shipment_request_lines l
+                CROSS JOIN LATERAL (SELECT ol.line_number, ol.product_name FROM oms.order_lines ol
+                                    WHERE ol.order_id = l.order_id AND ol.line_id = l.line_id OFFSET 0) ol
+                WHERE l.shipment_request_id = sr.shipment_request_id) ln
             JOIN so o ON o.order_id = sr.order_id
         )
         INSERT INTO oms.shipment_messages (message_id, idempotency_key, shipment_request_id, order_id, source_code,
@@ -451,7 +452,7 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
                            ORDER BY coalesce(x.addr_ref IS NOT NULL AND a ->> 'reference' = x.addr_ref, false) DESC,
                                     coalesce(lower(a ->> 'address_type') = 'shipping', false) DESC, n
                            LIMIT 1),
-                       'lines', x.lines)))::jsonb,
+                       'lines', x.lines))),
                regexp_replace(x.shipment_request_id, '[^A-Za-z0-9._-]', '_', 'g') || '.json', %(status)s
         FROM x
         ORDER BY x.shipment_request_id          -- key order: the indexes take the rows page by page

@@ -277,8 +277,11 @@ CHECKS: list[Check] = [
     Check("load.allocations_published", "every allocation is a shipment request line of this run, and nothing else",
           "{stg}.allocations",
           query="WITH staged AS (SELECT order_id, line_id, source_code, sum(qty) AS qty FROM {batch} GROUP BY 1, 2, 3), "
+                # the run's requests by their index, each one's lines by key (OFFSET 0 keeps it a lookup): a join
+                # would hash every request line of the history
                 "published AS (SELECT l.order_id, l.line_id, r.source_code, sum(l.quantity) AS qty "
-                "FROM oms.shipment_requests r JOIN oms.shipment_request_lines l USING (shipment_request_id) "
+                "FROM oms.shipment_requests r CROSS JOIN LATERAL (SELECT l.order_id, l.line_id, l.quantity "
+                "FROM oms.shipment_request_lines l WHERE l.shipment_request_id = r.shipment_request_id OFFSET 0) l "
                 "WHERE r.requested_at = %(t)s GROUP BY 1, 2, 3) "
                 "SELECT order_id, line_id, source_code, s.qty AS staged, p.qty AS published "
                 "FROM staged s FULL JOIN published p USING (order_id, line_id, source_code) "
@@ -291,9 +294,12 @@ CHECKS: list[Check] = [
                 "WHERE r.qty_cancelled > 0 AND coalesce(c.qty, 0) < r.qty_cancelled ORDER BY 1, 2"),
     Check("load.shipment_keys_consistent", "shipment request lines of this run match their request's order and "
           "their line's SKU", "oms.shipment_request_lines",
-          query="SELECT l.shipment_request_id, l.order_id, l.line_id FROM {batch} l "
-                "JOIN oms.shipment_requests r USING (shipment_request_id) "
-                "LEFT JOIN oms.order_lines ol ON ol.order_id = l.order_id AND ol.line_id = l.line_id "
+          # the run's requests, their lines and those lines' order lines read by key, as allocations_published
+          query="SELECT l.shipment_request_id, l.order_id, l.line_id FROM oms.shipment_requests r "
+                "CROSS JOIN LATERAL (SELECT * FROM {batch} l "
+                "WHERE l.shipment_request_id = r.shipment_request_id OFFSET 0) l "
+                "LEFT JOIN LATERAL (SELECT ol.line_id, ol.sku FROM oms.order_lines ol "
+                "WHERE ol.order_id = l.order_id AND ol.line_id = l.line_id OFFSET 0) ol ON true "
                 "WHERE r.requested_at = %(t)s AND (l.order_id <> r.order_id OR ol.line_id IS NULL OR ol.sku <> l.sku) "
                 "ORDER BY 1, 3"),
     Check("load.consumed_orders_exist", "every processed or duplicate message of this run names an order in "

@@ -112,6 +112,14 @@ def _corrupt_before(monkeypatch, stage_name: str, sql: str):
      {"allocate.no_source_over_allocated", "allocate.quantities_add_up"}),
     ("check_load", "DELETE FROM oms.consumed_messages WHERE run_at = %(t)s",
      {"load.messages_published", "load.nothing_lost", "load.counts_match"}),
+    # the run's request lines, read by key from its requests: a line with another SKU than its order line
+    ("check_load", "UPDATE oms.shipment_request_lines l SET sku = l.sku || '-X' FROM oms.shipment_requests r "
+                   "WHERE r.shipment_request_id = l.shipment_request_id AND r.requested_at = %(t)s",
+     {"load.shipment_keys_consistent"}),
+    # ... and a request line missing: what was allocated is not what was published
+    ("check_load", "DELETE FROM oms.shipment_request_lines l USING oms.shipment_requests r "
+                   "WHERE r.shipment_request_id = l.shipment_request_id AND r.requested_at = %(t)s",
+     {"load.allocations_published"}),
 ])
 def test_each_gate_stops_the_run_on_a_blocking_failure(landing, migrated_url, monkeypatch, reports, gate, sql,
                                                        failing, caplog):
