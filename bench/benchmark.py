@@ -641,6 +641,69 @@ def run(args, out: Path) -> dict:
     return res
 
 
+def alternate(args, out: Path) -> dict:
+    """The history ratio by alternation: the cycle at T1 on two kept databases of the same scale and seed, one without
+    history (--database) and one with it (--alternate-with), measured one after the other, round after round, each
+    rewound and after its own floor sample. A host whose speed moves by a fifth within an hour moves a ratio taken
+    from one cycle before the history and one after it by as much; alternating puts both sides of every pair in the
+    same minutes. Reported: each round's ratio and their median (the target's figure in this mode), the same with
+    each cycle over its own floor sample, and every cycle's seconds."""
+    urls = {"without": bench_database(args.url, args.database, fresh=False),
+            "with": bench_database(args.url, args.alternate_with, fresh=False)}
+    states = {side: load_state(url) for side, url in urls.items()}
+    key = ("open_lines_requested", "skus", "days", "seed", "new_share")
+    if [states["without"]["scale"].get(k) for k in key] != [states["with"]["scale"].get(k) for k in key]:
+        raise SystemExit(f"--alternate-with: {args.database} and {args.alternate_with} were not prepared at the same "
+                         "scale and seed")
+    if states["without"].get("history_lines") or not states["with"].get("history_lines"):
+        raise SystemExit(f"--alternate-with: {args.database} must hold no history and {args.alternate_with} some "
+                         f"(they hold {states['without'].get('history_lines', 0):,} and "
+                         f"{states['with'].get('history_lines', 0):,} history lines)")
+    t1 = states["without"]["prepare"]["t1"]
+    res: dict = {"command": " ".join(["python -m bench.benchmark", *sys.argv[1:]]), "machine": machine(),
+                 "mode": "alternate", "scale": states["without"]["scale"],
+                 "history_lines": states["with"]["history_lines"], "rounds": [],
+                 "started_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    samples = max(FLOOR_SAMPLES, args.repeat)
+    for i in range(args.repeat):
+        round_ = {}
+        for side in ("without", "with"):
+            url = urls[side]
+            rewind(url, t1)
+            vacuum_analyze(url)
+            floor = measure_floor(url, FLOOR_SCHEMA, samples)
+            checkpoint(url)
+            run_ = _child(["_cycle", "--url", url, "--t", t1])
+            run_["floor"] = floor
+            round_[side] = run_
+            _say(f"round {i + 1}, {side} history: cycle {run_['wall_seconds']} s, floor {floor['sql_fifo_runs']} s")
+        round_["history_ratio"] = round_["with"]["wall_seconds"] / round_["without"]["wall_seconds"]
+        round_["history_ratio_over_floor"] = ((round_["with"]["wall_seconds"] / round_["with"]["floor"]["sql_fifo"])
+                                              / (round_["without"]["wall_seconds"]
+                                                 / round_["without"]["floor"]["sql_fifo"]))
+        res["rounds"].append(round_)
+        _save(out, res)
+    ratios = [r["history_ratio"] for r in res["rounds"]]
+    res["history_ratio"] = {"value": statistics.median(ratios), "limit": 1.2, "rounds": ratios,
+                            "over_floor": statistics.median(r["history_ratio_over_floor"] for r in res["rounds"])}
+    res["history_ratio"]["met"] = res["history_ratio"]["value"] <= 1.2
+    res["finished_at_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return res
+
+
+def alternate_table(res: dict) -> str:
+    out = [f"{'round':>5}  {'without history':>15}  {'floor':>6}  {'with ' + format(res['history_lines'], ',') + ' lines':>22}"
+           f"  {'floor':>6}  {'ratio':>6}  {'over floor':>10}", "-" * 84]
+    for i, r in enumerate(res["rounds"], 1):
+        out.append(f"{i:>5}  {r['without']['wall_seconds']:15.2f}  {r['without']['floor']['sql_fifo']:6.2f}  "
+                   f"{r['with']['wall_seconds']:22.2f}  {r['with']['floor']['sql_fifo']:6.2f}  "
+                   f"{r['history_ratio']:6.2f}  {r['history_ratio_over_floor']:10.2f}")
+    h = res["history_ratio"]
+    out += ["", f"target history_ratio: {h['value']:.2f} (limit {h['limit']}; median of the rounds) "
+                f"{'OK' if h['met'] else 'NOT MET'}; over each cycle's own floor: {h['over_floor']:.2f}"]
+    return "\n".join(out)
+
+
 def _save(out: Path, res: dict) -> None:
     """Write the results so far (a long run leaves its figures even if stopped later)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -691,10 +754,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-database", action="store_true",
                    help="measure again a database kept by an earlier run (--keep-database, no history yet): skips "
                         "generating it and its first ingest; the scale options are taken from it")
+    p.add_argument("--alternate-with", default=None, metavar="DATABASE",
+                   help="measure the history ratio by alternation: the cycle on --database (kept, no history) and on "
+                        "this database (kept, same scale and seed, with history), one after the other, --repeat "
+                        "rounds")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/bench-<lines>-<time>.json)")
     args = p.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / f"bench-{args.open_lines}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    if args.alternate_with:
+        res = alternate(args, out)
+        _save(out, res)
+        print(alternate_table(res))
+        print(f"\nresults: {out}")
+        return 0
     res = run(args, out)
     _save(out, res)
     print(report_table(res))

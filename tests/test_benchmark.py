@@ -133,6 +133,44 @@ def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
         admin.close()
 
 
+def test_alternation_measures_the_history_ratio_in_pairs_of_cycles(pg_admin_url, tmp_path):
+    """--alternate-with measures the same T1 cycle on a kept database without history and one with it, one after the
+    other, round after round: the same input on both sides, every round's ratio of the two cycles, and their median."""
+    import json
+
+    import psycopg2
+
+    plain, hist = "bench_alt_plain", "bench_alt_history"
+    url = ["--url", pg_admin_url]
+    try:
+        for name, history in ((plain, "0"), (hist, "300")):
+            benchmark.main(["--open-lines", "1200", "--keep-database", "--history-lines", history, "--repeat", "1",
+                            "--database", name, "--out", str(tmp_path / f"{name}.json"), *url])
+        with pytest.raises(SystemExit, match="must hold no history"):     # the sides the wrong way round
+            benchmark.main(["--database", hist, "--alternate-with", plain, "--out", str(tmp_path / "x.json"), *url])
+        benchmark.main(["--database", plain, "--alternate-with", hist, "--repeat", "2",
+                        "--out", str(tmp_path / "alt.json"), *url])
+        alt = json.loads((tmp_path / "alt.json").read_text())
+        kept = json.loads((tmp_path / f"{plain}.json").read_text())
+        assert alt["mode"] == "alternate" and alt["history_lines"] == 300 and len(alt["rounds"]) == 2
+        for r in alt["rounds"]:
+            # the same cycle on both sides (the history is closed: it adds no demand), as the kept run measured it
+            assert r["without"]["summary"] == kept["cycle"]["runs"][0]["summary"]
+            assert r["with"]["summary"]["demand_lines"] == r["without"]["summary"]["demand_lines"] > 0
+            assert r["with"]["floor"]["rows"] == r["without"]["floor"]["rows"] == kept["floor"]["rows"]
+            assert r["history_ratio"] == pytest.approx(r["with"]["wall_seconds"] / r["without"]["wall_seconds"])
+        ratios = sorted(r["history_ratio"] for r in alt["rounds"])
+        assert alt["history_ratio"]["value"] == pytest.approx(sum(ratios) / 2)        # the median of two rounds
+        assert alt["history_ratio"]["met"] == (alt["history_ratio"]["value"] <= 1.2)
+    finally:
+        admin = psycopg2.connect(pg_admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            for name in (plain, hist):
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
 def test_reuse_database_refuses_a_database_it_did_not_prepare(pg_admin_url, db_url, tmp_path):
     name = urlsplit(db_url).path.lstrip("/")          # a migrated database, but not a benchmark's
     with pytest.raises(SystemExit, match="was not prepared by this benchmark"):
