@@ -417,8 +417,8 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
     cur.execute(f"""
         WITH
         -- the body is built and stored as json (text), as sent: nested jsonb_build_object calls would re-serialize
-        -- the lines at every level. Each request's lines, and their order lines, are read by key: a
-        -- join would read every request line and order line of the history.
+        -- the lines at every level. Each request's lines, and their order lines, are read by key: a join would read
+        -- every request line and order line of the history.
         x AS MATERIALIZED (
             SELECT sr.*, ln.lines, o.store, o.shipping_method, o.ship_by_date, o.addresses,
                    (SELECT e ->> 'shipping_address_reference' FROM jsonb_array_elements(o.raw_lines) e

@@ -256,11 +256,17 @@ def test_request_shipment_messages_are_written_to_the_folder_once(oms, migrated_
     assert req["shipping_address"]["reference"] == "SHIP" and req["shipping_address"]["city"] == "Boston"
     assert [(x["line_id"], x["line_number"], x["sku"], x["quantity"]) for x in req["lines"]] == [
         ("O5-1", 1, "SKU-O5-1", 1), ("O5-2", 2, "SKU-O5-2", 2)]
+    # stored as built (json, not jsonb, which would reorder the keys by length): JSON-RPC's order, the request's own
+    order = ["id", "order_id", "store", "source_code", "shipment_number", "date_requested", "shipping_method",
+             "ship_by_date", "shipping_address", "lines"]
+    assert list(body) == ["jsonrpc", "id", "method", "params"] and list(req) == order
 
     folder = tmp_path / "outbound"
     figures = delivery.deliver_shipment_messages(url, folder=folder, settings=OutboxFile())
     assert figures["sent"] == 1
-    assert json.loads((folder / "SR-O5-1.json").read_text()) == body
+    written = json.loads((folder / "SR-O5-1.json").read_text())
+    assert written == body and list(written) == list(body)                  # the file keeps the order too
+    assert list(written["params"]["shipment_request"]) == order
     assert [p.name for p in folder.iterdir()] == ["SR-O5-1.json"]            # no temporary file left
     (folder / "SR-O5-1.json").unlink()                                        # logistics picked it up
     assert delivery.deliver_shipment_messages(url, folder=folder, settings=OutboxFile())["sent"] == 0
