@@ -19,6 +19,8 @@ What is measured (see docs/performance.md):
    the floor samples next to it, so that a host whose speed moves during the run moves both.
 4. *History*: ``--history-lines`` closed lines (shipped or cancelled orders, their shipment requests and lines,
    cancellations and backorder attempts, all before T0) are inserted, then T1 is rewound and measured again.
+5. *The history ratio by alternation* (``--alternate-with``): two kept databases of the same scale and seed, one
+   without history and one with it, their T1 cycles measured in turns, each after its own floor sample.
 
 Run: ``python -m bench.benchmark`` (or ``./dev.sh bench``); ``--help`` for the scale flags.
 """
