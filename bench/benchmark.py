@@ -348,6 +348,16 @@ def measure_floor(url: str, schema: str, repeat: int) -> dict:
             "fifo_lines": int(rows), "fifo_qty_allocated": int(qty), "rows": sizes}
 
 
+def sample_floor(url: str, when: str, samples: int) -> dict:
+    """A floor sample set (`samples` of each part) on FLOOR_SCHEMA, labelled `when`, in the state the cycles start
+    from: a sample before a cycle is that cycle's VACUUM ANALYZE. Right after a cycle, autovacuum and the checkpointer
+    work on its writes (a 1M sample taken there took 5.8 s, against 3.9 and 4.1 s in this state)."""
+    vacuum_analyze(url)
+    sample = {"when": when, **measure_floor(url, FLOOR_SCHEMA, samples)}
+    _say(f"floor {when}: SQL FIFO {sample['sql_fifo_runs']} s, COPY {sample['copy_runs']} s")
+    return sample
+
+
 def pooled_floor(samples: list[dict]) -> dict:
     """One floor of several sample sets (taken around several cycles): the medians of all their samples (the sets
     themselves stay with their cycles' runs)."""
@@ -589,15 +599,6 @@ def run(args, out: Path) -> dict:
     # ratios are taken to the samples next to it; at least three samples a time, whatever --repeat (one moved by 30 %)
     samples = max(FLOOR_SAMPLES, args.repeat)
 
-    def floor_sample(when: str) -> dict:
-        # in the state the cycles start from (a sample before a cycle is that cycle's VACUUM ANALYZE): right after a
-        # cycle, autovacuum and the checkpointer work on its writes (a 1M sample taken there took 5.8 s, against 3.9
-        # and 4.1 s in this state)
-        vacuum_analyze(url)
-        sample = {"when": when, **measure_floor(url, FLOOR_SCHEMA, samples)}
-        _say(f"floor {when}: SQL FIFO {sample['sql_fifo_runs']} s, COPY {sample['copy_runs']} s")
-        return sample
-
     def measured_cycle(name: str, keep_staging: bool = False, before: list | None = None) -> dict:
         if before:
             checkpoint(url)      # the floor's own writes are not charged to the cycle
@@ -605,7 +606,7 @@ def run(args, out: Path) -> dict:
         _say(f"{name} at T1 {run_['wall_seconds']} s {run_['seconds']}")
         if keep_staging:
             keep_floor_input(url, t1)
-        run_["floor_samples"] = (before or []) + [floor_sample(f"after {name}")]
+        run_["floor_samples"] = (before or []) + [sample_floor(url, f"after {name}", samples)]
         run_["floor"] = pooled_floor(run_["floor_samples"])["sql_fifo"]
         return run_
 
@@ -613,8 +614,8 @@ def run(args, out: Path) -> dict:
     for i in range(args.repeat):
         before = None
         if i:
-            rewind(url, t1)          # then, in floor_sample, the state autovacuum would leave, as the first had
-            before = [floor_sample(f"before cycle {i + 1}")]
+            rewind(url, t1)          # then, in sample_floor, the state autovacuum would leave, as the first had
+            before = [sample_floor(url, f"before cycle {i + 1}", samples)]
         runs.append(measured_cycle(f"cycle {i + 1}", keep_staging=i == 0, before=before))
         _save(out, res)
     res["floor"] = pooled_floor([f for r in runs for f in r["floor_samples"]])
@@ -631,7 +632,7 @@ def run(args, out: Path) -> dict:
         hruns = []
         for i in range(args.repeat):
             rewind(url, t1)
-            before = [floor_sample(f"before history cycle {i + 1}")]
+            before = [sample_floor(url, f"before history cycle {i + 1}", samples)]
             hruns.append(measured_cycle(f"history cycle {i + 1}", before=before))
         res["history_floor"] = pooled_floor([f for r in hruns for f in r["floor_samples"]])
         res["history_cycle"] = median_runs(hruns)
@@ -672,13 +673,12 @@ def alternate(args, out: Path) -> dict:
         for side in ("without", "with"):
             url = urls[side]
             rewind(url, t1)
-            vacuum_analyze(url)
-            floor = measure_floor(url, FLOOR_SCHEMA, samples)
+            floor = sample_floor(url, f"before round {i + 1}, {side} history", samples)
             checkpoint(url)
             run_ = _child(["_cycle", "--url", url, "--t", t1])
             run_["floor"] = floor
             round_[side] = run_
-            _say(f"round {i + 1}, {side} history: cycle {run_['wall_seconds']} s, floor {floor['sql_fifo_runs']} s")
+            _say(f"round {i + 1}, {side} history: cycle {run_['wall_seconds']} s")
         round_["history_ratio"] = round_["with"]["wall_seconds"] / round_["without"]["wall_seconds"]
         round_["history_ratio_over_floor"] = ((round_["with"]["wall_seconds"] / round_["with"]["floor"]["sql_fifo"])
                                               / (round_["without"]["wall_seconds"]
