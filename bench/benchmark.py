@@ -311,9 +311,33 @@ FLOOR_SCHEMA = "bench_floor"
 FLOOR_TABLES = ("demand", "stock", "pools", "channels", "allocations", "line_results")
 
 
+# the oms tables a cycle writes, which of their rows run T wrote (its new rows, and the last version of those it
+# updated), and whether publish writes them (in one transaction: on one core, whatever the cores)
+WRITTEN = {
+    "orders": ("updated_at = %(t)s", True),
+    "order_lines": ("updated_at = %(t)s", True),
+    "shipment_requests": ("requested_at = %(t)s OR shipped_run_at = %(t)s", True),
+    "shipment_request_lines": ("shipment_request_id IN (SELECT shipment_request_id FROM oms.shipment_requests "
+                               "WHERE requested_at = %(t)s)", True),
+    "line_cancellations": ("run_at = %(t)s", True),
+    "backorder_attempts": ("checked_at = %(t)s", True),
+    "quarantine": ("run_at = %(t)s", True),
+    "consumed_messages": ("run_at = %(t)s", True),
+    "exceptions": ("opened_at = %(t)s OR closed_at = %(t)s", False),
+    "delay_notices": ("sent_at = %(t)s OR decided_at = %(t)s", False),
+    "notifications": ("created_at = %(t)s", False),
+    "notification_lines": ("notification_id IN (SELECT notification_id FROM oms.notifications "
+                           "WHERE created_at = %(t)s)", False),
+    "payment_requests": ("created_at = %(t)s", False),
+    "shipment_messages": ("created_at = %(t)s", False),
+    "storefront_availability": ("updated_at = %(t)s", False),
+}
+
+
 def keep_floor_input(url: str, t: str) -> str:
     """Copy the staged tables the floor reads (of a cycle run with keep_staging) to FLOOR_SCHEMA, which rewinds leave
-    alone: the floor can then be measured before and after every later cycle, on the very same rows."""
+    alone: the floor can then be measured before and after every later cycle, on the very same rows. The rows the
+    cycle wrote to the oms tables (WRITTEN) are kept there too, as written_<table>, for writes_floor."""
     from backorders import cycle, db
 
     stg = cycle.staging_schema(cycle.as_run_time(t))
@@ -321,17 +345,55 @@ def keep_floor_input(url: str, t: str) -> str:
         cur.execute(f"DROP SCHEMA IF EXISTS {FLOOR_SCHEMA} CASCADE; CREATE SCHEMA {FLOOR_SCHEMA}")
         for table in FLOOR_TABLES:
             cur.execute(f"CREATE TABLE {FLOOR_SCHEMA}.{table} AS TABLE {stg}.{table}; ANALYZE {FLOOR_SCHEMA}.{table}")
+        for table, (rows, _) in WRITTEN.items():
+            cur.execute(f"CREATE TABLE {FLOOR_SCHEMA}.written_{table} AS SELECT * FROM oms.{table} WHERE {rows}",
+                        {"t": t})
     return FLOOR_SCHEMA
 
 
-def measure_floor(url: str, schema: str, repeat: int) -> dict:
-    """The floor, `repeat` samples of each part (medians), on the staged tables in `schema`."""
+def writes_floor(conn, schema: str) -> dict | None:
+    """Seconds of a bare COPY of the rows the kept cycle wrote (keep_floor_input's written_<table>) into empty tables
+    shaped as their oms tables: every index, unique and check constraint and default (LIKE ... INCLUDING ALL), no
+    foreign key. What writing the cycle's output alone costs, computing nothing: a lower bound, since an update writes
+    a new row version and (unless HOT) an entry in every index as these inserts do, after finding the row, and the
+    real tables' indexes are deeper. None when `schema` keeps no written rows (kept by an older benchmark)."""
+    out = {"tables": {}}
+    with conn.cursor() as cur:
+        for table, (_, in_publish) in WRITTEN.items():
+            cur.execute("SELECT to_regclass(%s)", (f"{schema}.written_{table}",))
+            if cur.fetchone()[0] is None:
+                conn.commit()
+                return None
+            buf = io.StringIO()
+            cur.copy_expert(f"COPY {schema}.written_{table} TO STDOUT", buf)
+            cur.execute(f"DROP TABLE IF EXISTS {schema}.floor_written; "
+                        f"CREATE TABLE {schema}.floor_written (LIKE oms.{table} INCLUDING ALL)")
+            conn.commit()
+            buf.seek(0)
+            started = time.perf_counter()
+            cur.copy_expert(f"COPY {schema}.floor_written FROM STDIN", buf)
+            conn.commit()
+            seconds = time.perf_counter() - started
+            cur.execute(f"SELECT count(*) FROM {schema}.floor_written")
+            out["tables"][table] = {"rows": cur.fetchone()[0], "mb": round(buf.tell() / 1e6, 1),
+                                    "seconds": round(seconds, 3), "publish": in_publish}
+            cur.execute(f"DROP TABLE {schema}.floor_written")
+            conn.commit()
+    out["seconds"] = sum(x["seconds"] for x in out["tables"].values())
+    out["publish_seconds"] = sum(x["seconds"] for x in out["tables"].values() if x["publish"])
+    return out
+
+
+def measure_floor(url: str, schema: str, repeat: int, writes: bool = True) -> dict:
+    """The floor, `repeat` samples of each part (medians), on the staged tables in `schema`; with writes, one sample of
+    writes_floor too."""
     from backorders import db
 
     conn = db.connect(url)
     try:
         fifo = [fifo_floor(conn, schema) for _ in range(repeat)]
         copies = [copy_floor(conn, schema) for _ in range(repeat)]
+        writes = writes_floor(conn, schema) if writes else None    # once a set: it is no target's denominator
         with conn.cursor() as cur:
             cur.execute(f"SELECT count(*), coalesce(sum(qty_allocated), 0) FROM {schema}.floor_fifo")
             rows, qty = cur.fetchone()
@@ -345,16 +407,18 @@ def measure_floor(url: str, schema: str, repeat: int) -> dict:
             "copy_runs": [round(c["copy"], 3) for c in copies],
             "copy_out": statistics.median(c["copy_out"] for c in copies),
             "copy_in": statistics.median(c["copy_in"] for c in copies),
-            "fifo_lines": int(rows), "fifo_qty_allocated": int(qty), "rows": sizes}
+            "fifo_lines": int(rows), "fifo_qty_allocated": int(qty), "rows": sizes,
+            **({"writes": writes} if writes else {})}
 
 
-def sample_floor(url: str, when: str, samples: int) -> dict:
+def sample_floor(url: str, when: str, samples: int, writes: bool = True) -> dict:
     """A floor sample set (`samples` of each part) on FLOOR_SCHEMA, labelled `when`, in the state the cycles start
     from: a sample before a cycle is that cycle's VACUUM ANALYZE. Right after a cycle, autovacuum and the checkpointer
     work on its writes (a 1M sample taken there took 5.8 s, against 3.9 and 4.1 s in this state)."""
     vacuum_analyze(url)
-    sample = {"when": when, **measure_floor(url, FLOOR_SCHEMA, samples)}
-    _say(f"floor {when}: SQL FIFO {sample['sql_fifo_runs']} s, COPY {sample['copy_runs']} s")
+    sample = {"when": when, **measure_floor(url, FLOOR_SCHEMA, samples, writes)}
+    writes = f", writing the cycle's rows {sample['writes']['seconds']:.2f} s" if sample.get("writes") else ""
+    _say(f"floor {when}: SQL FIFO {sample['sql_fifo_runs']} s, COPY {sample['copy_runs']} s{writes}")
     return sample
 
 
@@ -363,8 +427,13 @@ def pooled_floor(samples: list[dict]) -> dict:
     themselves stay with their cycles' runs)."""
     fifo = [x for s in samples for x in s["sql_fifo_runs"]]
     copies = [x for s in samples for x in s["copy_runs"]]
-    return {**{k: v for k, v in samples[-1].items() if k != "when"}, "sql_fifo": statistics.median(fifo),
-            "sql_fifo_runs": fifo, "copy": statistics.median(copies), "copy_runs": copies}
+    out = {**{k: v for k, v in samples[-1].items() if k != "when"}, "sql_fifo": statistics.median(fifo),
+           "sql_fifo_runs": fifo, "copy": statistics.median(copies), "copy_runs": copies}
+    writes = [s["writes"] for s in samples if s.get("writes")]
+    if writes:     # the sample set whose total is the median (the lower one of the middle two)
+        out["writes"] = sorted(writes, key=lambda w: w["seconds"])[(len(writes) - 1) // 2]
+        out["writes_runs"] = [round(w["seconds"], 3) for w in writes]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- history
@@ -475,6 +544,10 @@ def median_runs(runs: list[dict]) -> dict:
 def report_table(res: dict) -> str:
     floor = res["floor"]["sql_fifo"]
     rows = [("floor: SQL FIFO (1 statement)", floor), ("floor: COPY in + out", res["floor"]["copy"])]
+    writes = res["floor"].get("writes")
+    if writes:
+        rows += [("bound: writing the cycle's rows, computing nothing", writes["seconds"]),
+                 ("bound: of which publish's (one transaction)", writes["publish_seconds"])]
     m = res["cycle"]
     rows += [(f"stage {g}", m["groups"][g]) for g in GROUPS]
     rows += [("whole cycle", m["cycle"])]
@@ -493,6 +566,10 @@ def report_table(res: dict) -> str:
     out += ["", "floor samples (SQL FIFO, median of each set):"]
     out += [f"  {f['when']}: {f['sql_fifo']:.2f} s" for key in ("cycle", "history_cycle") if res.get(key)
             for r in res[key]["runs"] for f in r.get("floor_samples", [])]
+    if writes:
+        out += ["", "writing the cycle's rows, computing nothing (COPY into empty tables with the oms tables' indexes):"]
+        out += [f"  {name}{' (publish)' if w['publish'] else ''}: {w['rows']:,} rows, {w['mb']:.1f} MB, "
+                f"{w['seconds']:.2f} s" for name, w in writes["tables"].items() if w["rows"]]
     d = res.get("diagnostics") or {}
     if d.get("floor_spread"):
         out += [f"floor spread (slowest / fastest sample): {d['floor_spread']:.2f}"]
@@ -538,12 +615,16 @@ def targets(res: dict) -> dict:
 def diagnostics(res: dict) -> dict:
     """Not targets: how far the host's speed moved during the run (the floor's spread), and the history ratio with
     each cycle taken over the floor sampled around it (what is left of the history's cost if the floor's own change
-    is the host's)."""
+    is the host's); writing the cycle's rows over the SQL FIFO (how much of the cycle target the output alone takes)."""
     fifo = res["floor"]["sql_fifo_runs"] + (res.get("history_floor") or {}).get("sql_fifo_runs", [])
     out = {"floor_spread": max(fifo) / min(fifo) if fifo and min(fifo) else None}
     if res.get("history_cycle"):
         out["history_floor_ratio"] = res["history_floor"]["sql_fifo"] / res["floor"]["sql_fifo"]
         out["history_ratio_over_floor"] = floor_ratios(res, "history_cycle")["cycle"] / floor_ratios(res)["cycle"]
+    writes = res["floor"].get("writes")
+    if writes and res["floor"]["sql_fifo"]:
+        out["writes_over_fifo"] = writes["seconds"] / res["floor"]["sql_fifo"]
+        out["publish_writes_over_fifo"] = writes["publish_seconds"] / res["floor"]["sql_fifo"]
     return out
 
 
@@ -673,7 +754,7 @@ def alternate(args, out: Path) -> dict:
         for side in ("without", "with"):
             url = urls[side]
             rewind(url, t1)
-            floor = sample_floor(url, f"before round {i + 1}, {side} history", samples)
+            floor = sample_floor(url, f"before round {i + 1}, {side} history", samples, writes=False)
             checkpoint(url)
             run_ = _child(["_cycle", "--url", url, "--t", t1])
             run_["floor"] = floor

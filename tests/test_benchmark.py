@@ -73,6 +73,14 @@ def test_benchmark_state_and_cycle_equal_the_dag_runs(airflow_home, db_url, pg_a
     assert measured["summary"]["lines_allocated"] > 0 and measured["peak_rss_mb"] > 0
     floor = benchmark.measure_floor(db_url, benchmark.keep_floor_input(db_url, t1), 1)
     assert floor["rows"]["demand"] == floor["fifo_lines"] == measured["summary"]["demand_lines"]
+    # the bound of the writes copies what the cycle wrote, table by table, into tables with the oms tables' indexes
+    written = floor["writes"]["tables"]
+    assert set(written) == set(benchmark.WRITTEN)
+    assert written["shipment_requests"]["rows"] == measured["summary"]["shipment_requests"] > 0
+    assert written["notifications"]["rows"] == measured["summary"]["emails_queued"] > 0
+    assert written["order_lines"]["rows"] >= measured["summary"]["lines_allocated"] > 0    # each one changed
+    assert written["payment_requests"]["rows"] > 0 and written["storefront_availability"]["rows"] > 0
+    assert floor["writes"]["seconds"] > floor["writes"]["publish_seconds"] > 0
     benchmark.rewind(db_url, t1)
     benchmark.measure_cycle(db_url, t1, keep_staging=False)
     bench_state = snapshot_oms(db_url)
@@ -116,6 +124,11 @@ def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
             ["before history cycle 1", "after history cycle 1"], ["before history cycle 2", "after history cycle 2"]]
         samples = [f for r in runs + hruns for f in r["floor_samples"]]
         assert all(f["rows"] == first["floor"]["rows"] and len(f["sql_fifo_runs"]) == 3 for f in samples)
+        # the cycle's own rows written once a sample set, the same rows each time
+        assert len(again["floor"]["writes_runs"]) == 3 and len(again["history_floor"]["writes_runs"]) == 4
+        assert all({k: w["rows"] for k, w in f["writes"]["tables"].items()}
+                   == {k: w["rows"] for k, w in first["floor"]["writes"]["tables"].items()} for f in samples)
+        assert 0 < again["diagnostics"]["publish_writes_over_fifo"] < again["diagnostics"]["writes_over_fifo"]
         assert len(again["floor"]["sql_fifo_runs"]) == 9 and len(again["history_floor"]["sql_fifo_runs"]) == 12
         assert again["history"]["table_rows_after"]["order_lines"] >= 300
         assert again["diagnostics"]["floor_spread"] >= 1 and again["diagnostics"]["history_ratio_over_floor"] > 0
@@ -158,6 +171,7 @@ def test_alternation_measures_the_history_ratio_in_pairs_of_cycles(pg_admin_url,
             assert r["without"]["summary"] == kept["cycle"]["runs"][0]["summary"]
             assert r["with"]["summary"]["demand_lines"] == r["without"]["summary"]["demand_lines"] > 0
             assert r["with"]["floor"]["rows"] == r["without"]["floor"]["rows"] == kept["floor"]["rows"]
+            assert "writes" not in r["with"]["floor"] and "writes" in kept["floor"]    # not this mode's figure
             assert r["history_ratio"] == pytest.approx(r["with"]["wall_seconds"] / r["without"]["wall_seconds"])
         ratios = sorted(r["history_ratio"] for r in alt["rounds"])
         assert alt["history_ratio"]["value"] == pytest.approx(sum(ratios) / 2)        # the median of two rounds
