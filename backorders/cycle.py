@@ -312,6 +312,7 @@ def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
 
         cur.execute(f"""
             CREATE TABLE {stg}.new_orders (LIKE oms.orders INCLUDING DEFAULTS);
+            CREATE TABLE {stg}.new_order_documents (LIKE oms.order_documents INCLUDING DEFAULTS);
             CREATE TABLE {stg}.new_lines (LIKE oms.order_lines INCLUDING DEFAULTS);
             CREATE TABLE {stg}.quarantine (LIKE oms.quarantine INCLUDING DEFAULTS);
             CREATE TABLE {stg}.consumed (LIKE oms.consumed_messages INCLUDING DEFAULTS);
@@ -320,12 +321,13 @@ def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
                       "customer_email", "customer_name", "language", "country_code", "payment_method",
                       "payment_reference", "currency", "authorized_amount", "authorization_status", "gateway_id",
                       "transaction_id", "last_authorized_at", "shipping_method", "priority_tier", "promised_date",
-                      "ship_by_date", "status", "message_id", "content_hash", "order_attributes", "raw_order",
+                      "ship_by_date", "status", "message_id", "content_hash", "order_attributes",
                       "created_run_at", "updated_at"]
         line_cols = ["order_id", "line_id", "line_number", "sku", "product_name", "qty_ordered", "qty_held", "status",
                      "backorderable", "backorder_decided_by", "auto_cancel_at", "gross_amount", "net_amount",
                      "tax_amount", "promise_delivery_date", "created_run_at", "updated_at"]
         db.copy_frame(conn, good, f"{stg}.new_orders", order_cols)
+        db.copy_frame(conn, good, f"{stg}.new_order_documents", ["order_id", "raw_order", "created_run_at"])
         db.copy_frame(conn, lines, f"{stg}.new_lines", line_cols)
         quarantine_cols = ["quarantine_id", "source", "source_ref", "received_at", "reason", "raw", "run_at"]
         db.copy_frame(conn, quarantine, f"{stg}.quarantine", quarantine_cols)
@@ -569,7 +571,7 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- publish
 # the tables publish inserts into that have foreign keys (publish.sql checks their references set-based)
-REFERENCING_TABLES = ("oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
+REFERENCING_TABLES = ("oms.order_documents", "oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
                       "oms.line_cancellations", "oms.backorder_attempts")
 
 
@@ -612,7 +614,7 @@ def publish(url: str, t, set_based_references: bool = True) -> dict:
 
 
 # the tables a publish writes many rows to; the stages after it plan their joins on these rows
-PUBLISHED_TABLES = ("oms.orders", "oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
+PUBLISHED_TABLES = ("oms.orders", "oms.order_documents", "oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
                     "oms.line_cancellations", "oms.backorder_attempts")
 
 

@@ -148,7 +148,7 @@ def _money_events(cur, t: datetime) -> None:
     line always add up to exactly its amount, whatever the split (10.00 in three parts: 3.33, 3.34, 3.33).
 
     Both follow the orders of the run: the history is joined by order (index lookups once it outgrows the run), and
-    of oms.orders, whose rows are wide, only narrow columns are read (raw_order is not decompressed)."""
+    of oms.orders only the columns needed are read."""
     cur.execute(f"""
         CREATE TEMP TABLE mo ON COMMIT DROP AS
         SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture
@@ -395,7 +395,7 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
     the request, the order's shipping method and ship-by date, the shipping address of its lines, and its lines."""
     # the requests of T, and their orders, in temp tables with statistics: the tables' own statistics predate this
     # run's rows (the planner would expect a handful and could join them to their lines by a nested loop over every
-    # line). raw_order is read (decompressed) once per order: OFFSET 0 keeps the planner from repeating the expressions
+    # line). The order's document is read (decompressed) once per order: OFFSET 0 keeps the planner from repeating the expressions
     cur.execute("""
         CREATE TEMP TABLE sr ON COMMIT DROP AS
         SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
@@ -410,7 +410,8 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
                CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
                CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
         FROM (SELECT DISTINCT order_id FROM sr) k JOIN oms.orders o ON o.order_id = k.order_id
-        CROSS JOIN LATERAL (SELECT o.raw_order -> 'addresses' AS addresses, o.raw_order -> 'lines' AS lines
+        JOIN oms.order_documents d ON d.order_id = k.order_id
+        CROSS JOIN LATERAL (SELECT d.raw_order -> 'addresses' AS addresses, d.raw_order -> 'lines' AS lines
                             OFFSET 0) r;
         ALTER TABLE so ADD PRIMARY KEY (order_id);
         ANALYZE so (order_id)""", {"t": t})

@@ -120,11 +120,14 @@ CHECKS: list[Check] = [
           expectation=("ExpectColumnValuesToBeUnique", {"column": "order_id"})),
     Check("extract.orders_not_known", "new orders are not already in oms.orders", "{stg}.new_orders",
           query="SELECT n.order_id, n.message_id FROM {batch} n JOIN oms.orders o USING (order_id) ORDER BY 1"),
-    Check("extract.orders_required", "new orders have an id, a store, an origin date, a customer email and content",
-          "{stg}.new_orders",
-          query="SELECT order_id, message_id FROM {batch} WHERE order_id IS NULL OR btrim(order_id) = '' "
-                "OR store IS NULL OR btrim(store) = '' OR origin_date IS NULL OR customer_email IS NULL "
-                "OR btrim(customer_email) = '' OR content_hash IS NULL OR raw_order IS NULL ORDER BY message_id"),
+    Check("extract.orders_required", "new orders have an id, a store, an origin date, a customer email, content "
+          "and their document", "{stg}.new_orders",
+          query="SELECT n.order_id, n.message_id FROM (SELECT * FROM {batch}) n "
+                "WHERE order_id IS NULL OR btrim(order_id) = '' OR store IS NULL OR btrim(store) = '' "
+                "OR origin_date IS NULL OR customer_email IS NULL "
+                "OR btrim(customer_email) = '' OR content_hash IS NULL OR NOT EXISTS (SELECT 1 FROM "
+                "{stg}.new_order_documents d WHERE d.order_id = n.order_id AND d.raw_order IS NOT NULL) "
+                "ORDER BY message_id"),
     Check("extract.origin_date_not_after_t", "order dates are not after T", "{stg}.new_orders",
           expectation=("ExpectColumnValuesToBeBetween", {"column": "origin_date", "max_value": T}), default="warn"),
     Check("extract.orders_have_lines", "every new order has at least one line", "{stg}.new_orders",
@@ -261,7 +264,8 @@ CHECKS: list[Check] = [
     # ------------------------------------------------------------------------------------------ load
     Check("load.orders_published", "every staged new order is in oms.orders, from this run", "{stg}.new_orders",
           query="SELECT n.order_id FROM {batch} n LEFT JOIN oms.orders o USING (order_id) "
-                "WHERE o.order_id IS NULL OR o.created_run_at <> %(t)s OR o.content_hash <> n.content_hash ORDER BY 1"),
+                "WHERE o.order_id IS NULL OR o.created_run_at <> %(t)s OR o.content_hash <> n.content_hash "
+                "OR NOT EXISTS (SELECT 1 FROM oms.order_documents d WHERE d.order_id = n.order_id) ORDER BY 1"),
     Check("load.lines_published", "every staged new line is in oms.order_lines with its SKU and quantity",
           "{stg}.new_lines",
           query="SELECT n.order_id, n.line_id FROM {batch} n LEFT JOIN oms.order_lines o USING (order_id, line_id) "

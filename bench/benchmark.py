@@ -315,6 +315,7 @@ FLOOR_TABLES = ("demand", "stock", "pools", "channels", "allocations", "line_res
 # updated), and whether publish writes them (in one transaction: on one core, whatever the cores)
 WRITTEN = {
     "orders": ("updated_at = %(t)s", True),
+    "order_documents": ("created_run_at = %(t)s", True),
     "order_lines": ("updated_at = %(t)s", True),
     "shipment_requests": ("requested_at = %(t)s OR shipped_run_at = %(t)s", True),
     "shipment_request_lines": ("shipment_request_id IN (SELECT shipment_request_id FROM oms.shipment_requests "
@@ -450,16 +451,20 @@ SELECT o, 'H' || lpad(o::text, 10, '0') AS order_id,
 FROM generate_series(1, %(n_orders)s) o;
 INSERT INTO oms.orders (order_id, store, origin_date, customer_id, customer_email, customer_name, language,
                         country_code, payment_method, currency, authorized_amount, priority_tier, ship_by_date,
-                        status, message_id, content_hash, raw_order, created_run_at, updated_at)
+                        status, message_id, content_hash, created_run_at, updated_at)
 SELECT order_id, store, origin, 'C' || (o %% 400000), 'customer' || (o %% 400000) || '@example.com',
        'Customer ' || (o %% 400000), 'en', CASE WHEN store = 'EU_WEB' THEN 'DE' ELSE 'US' END, 'CREDIT_CARD',
        CASE WHEN store = 'EU_WEB' THEN 'EUR' ELSE 'USD' END, 59.90, 2, origin + interval '3 days',
        CASE WHEN cancelled THEN 'CANCELLED' ELSE 'SHIPPED' END, -o, md5(order_id),
+       origin + interval '1 hour', origin + interval '1 day'
+FROM hist_orders ORDER BY o;
+INSERT INTO oms.order_documents (order_id, raw_order, created_run_at)
+SELECT order_id,
        jsonb_build_object('id', order_id, 'store', store, 'origin_date', origin, 'currency', 'USD',
                           'customer', jsonb_build_object('id', 'C' || (o %% 400000), 'type', 'B2C'),
                           'lines', jsonb_build_array(jsonb_build_object('id', order_id || '-1', 'quantity', 1),
                                                      jsonb_build_object('id', order_id || '-2', 'quantity', 1))),
-       origin + interval '1 hour', origin + interval '1 day'
+       origin + interval '1 hour'
 FROM hist_orders ORDER BY o;
 INSERT INTO oms.order_lines (order_id, line_id, line_number, sku, product_name, qty_ordered, qty_shipped,
                              qty_cancelled, status, backorderable, backorder_decided_by, gross_amount, net_amount,

@@ -305,14 +305,15 @@ def test_publish_rolls_back_when_a_row_would_reference_nothing(landing, migrated
     t = cycle.as_run_time(T1)
     stage_up_to_publish(url, t)
     table_rows(url, f"DELETE FROM {cycle.staging_schema(t)}.new_orders WHERE order_id = 'R1' RETURNING 1")
-    expected = (cycle.ReferencesBroken, r"order_lines -> orders: 1 rows reference no row \(e\.g\. R1\); "
+    expected = (cycle.ReferencesBroken, r"order_documents -> orders: 1 rows reference no row \(e\.g\. R1\); "
+                r"order_lines -> orders: 1 rows reference no row \(e\.g\. R1\); "
                 r"shipment_requests -> orders: 1 rows reference no row \(e\.g\. R1\)$") if set_based else \
-        (psycopg2.errors.ForeignKeyViolation, "order_lines_order_id_fkey")
+        (psycopg2.errors.ForeignKeyViolation, "order_documents_order_id_fkey")
     with pytest.raises(expected[0], match=expected[1]):
         cycle.publish(url, t, set_based_references=set_based)
     assert table_rows(url, "SELECT (SELECT count(*) FROM oms.orders) + (SELECT count(*) FROM oms.order_lines) + "
                            "(SELECT count(*) FROM oms.shipment_requests) + (SELECT count(*) FROM "
-                           "oms.backorder_attempts)") == [(0,)]
+                           "oms.backorder_attempts) + (SELECT count(*) FROM oms.order_documents)") == [(0,)]
 
 
 def test_publish_set_based_or_row_by_row_gives_the_same_tables(landing, migrated_url, monkeypatch, caplog):

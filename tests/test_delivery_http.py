@@ -226,8 +226,8 @@ def test_failed_reauthorization_gives_the_order_its_previous_authorization_back(
     reauth_at = utc("2026-03-08T14:00:00Z")
     with db.transaction(url) as c, c.cursor() as cur:
         cur.execute("""INSERT INTO oms.orders (order_id, store, origin_date, payment_method, last_authorized_at,
-                           priority_tier, status, message_id, content_hash, raw_order, created_run_at, updated_at)
-                       VALUES ('O-9', 'US_WEB', %s, 'CREDIT_CARD', %s, 100, 'BACKORDERED', 1, 'h', '{}', %s, %s)""",
+                           priority_tier, status, message_id, content_hash, created_run_at, updated_at)
+                       VALUES ('O-9', 'US_WEB', %s, 'CREDIT_CARD', %s, 100, 'BACKORDERED', 1, 'h', %s, %s)""",
                     (origin, reauth_at, origin, origin))
     key = add_request(url, 9, kind="REAUTHORIZE", order_id="O-9", created_at=reauth_at)
     svc.script[key] = [(402, {"error": "card expired"}, 0, {})]

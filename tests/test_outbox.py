@@ -46,12 +46,14 @@ class Oms:
         """lines: (line_id, qty, gross, tax); every quantity starts backordered."""
         self._run("""INSERT INTO oms.orders (order_id, store, origin_date, customer_email, payment_method,
                          payment_reference, currency, gateway_id, transaction_id, last_authorized_at, priority_tier,
-                         status, message_id, content_hash, raw_order, created_run_at, updated_at, shipping_method,
+                         status, message_id, content_hash, created_run_at, updated_at, shipping_method,
                          ship_by_date)
                      VALUES (%s, %s, %s, 'buyer@example.com', %s, 'PAY-1', %s, 'ADYEN', %s, %s, 100, 'BACKORDERED',
-                             1, 'h', %s, %s, %s, 'STANDARD', %s)""",
-                  (order_id, store, origin, method, currency, f"TX-{order_id}", origin, json.dumps(raw or {}),
+                             1, 'h', %s, %s, 'STANDARD', %s)""",
+                  (order_id, store, origin, method, currency, f"TX-{order_id}", origin,
                    origin, origin, origin + timedelta(days=30)))
+        self._run("INSERT INTO oms.order_documents (order_id, raw_order, created_run_at) VALUES (%s, %s, %s)",
+                  (order_id, json.dumps(raw or {}), origin))
         for n, (line_id, qty, gross, tax) in enumerate(lines, 1):
             self._run("""INSERT INTO oms.order_lines (order_id, line_id, line_number, sku, product_name, qty_ordered,
                              qty_backordered, status, is_backorder, backorderable, backorder_decided_by, backordered_since,

@@ -120,6 +120,10 @@ def _corrupt_before(monkeypatch, stage_name: str, sql: str):
     ("check_load", "DELETE FROM oms.shipment_request_lines l USING oms.shipment_requests r "
                    "WHERE r.shipment_request_id = l.shipment_request_id AND r.requested_at = %(t)s",
      {"load.allocations_published"}),
+    # an order staged without its document (params.order as received): stopped before publish ...
+    ("check_extract", "DELETE FROM {stg}.new_order_documents", {"extract.orders_required"}),
+    # ... and one published without it
+    ("check_load", "DELETE FROM oms.order_documents WHERE created_run_at = %(t)s", {"load.orders_published"}),
 ])
 def test_each_gate_stops_the_run_on_a_blocking_failure(landing, migrated_url, monkeypatch, reports, gate, sql,
                                                        failing, caplog):

@@ -31,6 +31,7 @@ UPDATE oms.shipment_requests SET status = 'REQUESTED', shipped_at = NULL, shippe
 DELETE FROM oms.quarantine WHERE run_at >= %(t)s;
 DELETE FROM oms.consumed_messages WHERE run_at >= %(t)s;
 DELETE FROM oms.order_lines WHERE created_run_at >= %(t)s;
+DELETE FROM oms.order_documents WHERE created_run_at >= %(t)s;
 DELETE FROM oms.orders WHERE created_run_at >= %(t)s;
 -- a current-state table, recomputed in full by every run (lifecycle_storefront.sql)
 DELETE FROM oms.storefront_availability WHERE updated_at >= %(t)s;
