@@ -16,7 +16,9 @@ What is measured (see docs/performance.md):
    stock), and a bare COPY of the cycle's input rows (staged demand and stock) out of PostgreSQL and of its output
    rows (allocations, line results) into it. The first cycle's staged tables are kept in ``bench_floor``, and the floor
    is sampled after it and before and after every later cycle (with the history too): each cycle's ratios are taken to
-   the floor samples next to it, so that a host whose speed moves during the run moves both.
+   the floor samples next to it, so that a host whose speed moves during the run moves both. Beside the floor, not a
+   target's denominator: *the bound of the writes*, the rows the first cycle wrote to the oms tables written again
+   (INSERT ... SELECT into empty tables with the same indexes), once a sample set: what writing the output alone takes.
 4. *History*: ``--history-lines`` closed lines (shipped or cancelled orders, their shipment requests and lines,
    cancellations and backorder attempts, all before T0) are inserted, then T1 is rewound and measured again.
 5. *The history ratio by alternation* (``--alternate-with``): two kept databases of the same scale and seed, one
