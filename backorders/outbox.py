@@ -395,7 +395,8 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
     the request, the order's shipping method and ship-by date, the shipping address of its lines, and its lines."""
     # the requests of T, and their orders, in temp tables with statistics: the tables' own statistics predate this
     # run's rows (the planner would expect a handful and could join them to their lines by a nested loop over every
-    # line). The order's document is read (decompressed) once per order: OFFSET 0 keeps the planner from repeating the expressions
+    # line). Each order and its document are read by key, in key order (a join would read every order and document
+    # of the history), the document decompressed once per order: OFFSET 0 keeps the planner from repeating expressions
     cur.execute("""
         CREATE TEMP TABLE sr ON COMMIT DROP AS
         SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
@@ -406,13 +407,14 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
         ORDER BY r.shipment_request_id;     -- key order: the lookups of its lines walk the index in order
         ANALYZE sr;
         CREATE TEMP TABLE so ON COMMIT DROP AS
-        SELECT o.order_id, o.store, o.shipping_method, o.ship_by_date,
+        SELECT k.order_id, o.store, o.shipping_method, o.ship_by_date,
                CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
                CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
-        FROM (SELECT DISTINCT order_id FROM sr) k JOIN oms.orders o ON o.order_id = k.order_id
-        JOIN oms.order_documents d ON d.order_id = k.order_id
+        FROM (SELECT DISTINCT order_id FROM sr ORDER BY 1) k
+        CROSS JOIN LATERAL (SELECT o.store, o.shipping_method, o.ship_by_date FROM oms.orders o
+                            WHERE o.order_id = k.order_id OFFSET 0) o
         CROSS JOIN LATERAL (SELECT d.raw_order -> 'addresses' AS addresses, d.raw_order -> 'lines' AS lines
-                            OFFSET 0) r;
+                            FROM oms.order_documents d WHERE d.order_id = k.order_id OFFSET 0) r;
         ALTER TABLE so ADD PRIMARY KEY (order_id);
         ANALYZE so (order_id)""", {"t": t})
     cur.execute(f"""
