@@ -571,8 +571,8 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- publish
 # the tables publish inserts into that have foreign keys (publish.sql checks their references set-based)
-REFERENCING_TABLES = ("oms.order_documents", "oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
-                      "oms.line_cancellations", "oms.backorder_attempts")
+REFERENCING_TABLES = ("oms.order_documents", "oms.order_lines", "oms.shipment_requests",
+                      "oms.shipment_request_lines", "oms.line_cancellations", "oms.backorder_attempts")
 
 
 def publish(url: str, t, set_based_references: bool = True) -> dict:
@@ -614,8 +614,8 @@ def publish(url: str, t, set_based_references: bool = True) -> dict:
 
 
 # the tables a publish writes many rows to; the stages after it plan their joins on these rows
-PUBLISHED_TABLES = ("oms.orders", "oms.order_documents", "oms.order_lines", "oms.shipment_requests", "oms.shipment_request_lines",
-                    "oms.line_cancellations", "oms.backorder_attempts")
+PUBLISHED_TABLES = ("oms.orders", "oms.order_documents", "oms.order_lines", "oms.shipment_requests",
+                    "oms.shipment_request_lines", "oms.line_cancellations", "oms.backorder_attempts")
 
 
 def analyze_published(url: str) -> None:

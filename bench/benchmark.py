@@ -364,11 +364,12 @@ def writes_floor(conn, schema: str) -> dict | None:
     `schema` keeps no written rows (kept by an older benchmark)."""
     out = {"tables": {}}
     with conn.cursor() as cur:
+        cur.execute("SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t",
+                    ([f"{schema}.written_{table}" for table in WRITTEN],))
+        if not cur.fetchone()[0]:
+            conn.commit()
+            return None
         for table, (_, in_publish) in WRITTEN.items():
-            cur.execute("SELECT to_regclass(%s)", (f"{schema}.written_{table}",))
-            if cur.fetchone()[0] is None:
-                conn.commit()
-                return None
             cur.execute(f"DROP TABLE IF EXISTS {schema}.floor_written; "
                         f"CREATE TABLE {schema}.floor_written (LIKE oms.{table} INCLUDING ALL); "
                         f"SELECT count(*), pg_total_relation_size('{schema}.written_{table}') "
