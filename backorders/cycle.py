@@ -596,17 +596,22 @@ def publish(url: str, t, set_based_references: bool = True) -> dict:
         if broken:
             raise ReferencesBroken(f"publish {t.isoformat()} rolled back: " + "; ".join(
                 f"{ref}: {n} rows reference no row (e.g. {example})" for ref, n, example in broken))
+        touched = _counts(cur, f"SELECT count(*) FROM {stg}.touched")
         log.info("publish %s: orders, lines, shipment requests, cancellations and attempts written (%.1f s); "
-                 "%d lines touched", t.isoformat(), time.perf_counter() - started,
-                 _counts(cur, f"SELECT count(*) FROM {stg}.touched"))
+                 "%d lines touched", t.isoformat(), time.perf_counter() - started, touched)
+        cur.execute(_sql("derive_lines", stg), {"t": t})
+        derived = _counts(cur, f"SELECT count(*) FROM {stg}.derived")
         cur.execute(_sql("refresh_lines", stg), {"t": t})
-        log.info("publish %s: quantities, status and labels of the touched lines recomputed (%.1f s)", t.isoformat(),
-                 time.perf_counter() - started)
+        log.info("publish %s: quantities, status and labels of the touched lines refreshed (%.1f s); %d derived from "
+                 "the run's rows, the others recomputed from their events", t.isoformat(),
+                 time.perf_counter() - started, derived)
         cur.execute(_sql("exceptions", stg), {"t": t})
         figures = {
             "shipment_requests": _counts(cur, "SELECT count(*) FROM oms.shipment_requests WHERE requested_at = %s", (t,)),
             "exceptions_opened": _counts(cur, "SELECT count(*) FROM oms.exceptions WHERE opened_at = %s", (t,)),
             "exceptions_closed": _counts(cur, "SELECT count(*) FROM oms.exceptions WHERE closed_at = %s", (t,)),
+            "lines_touched": touched,
+            "lines_derived": derived,       # the others were recomputed from their events (derive_lines.sql)
         }
     log.info("published run %s: %s", t.isoformat(), figures)
     analyze_published(url)

@@ -1,18 +1,28 @@
 -- Recompute the quantities, status and labels of the lines in {stg}.touched from the event tables
 -- (shipment request lines, cancellations, attempts). Used by publish and by the rewind of runs.
--- Each touched line reads its own row and its own events through the indexes (LATERAL, per line; OFFSET 0 keeps each
+-- The lines of {stg}.derived (publish: derive_lines.sql, from each line's row and the run's own rows) take their values
+-- from there; every other touched line (all of them in a rewind) is recomputed from its events.
+-- Each recomputed line reads its own row and its own events through the indexes (LATERAL, per line; OFFSET 0 keeps each
 -- lookup a per-line index probe): the cost follows the lines touched, not the history, and no join estimate can turn
 -- into a scan of a whole table. The new values are computed first ({stg}.refreshed), and only the lines whose values
 -- change are updated.
 DROP TABLE IF EXISTS {stg}.refreshed, {stg}.refreshed_orders;
+CREATE TABLE IF NOT EXISTS {stg}.derived (
+    order_id text, line_id text, qty_ordered integer, qty_allocated integer, qty_shipped integer, qty_cancelled integer,
+    qty_held integer, qty_backordered integer, cur_reason text, cur_since timestamptz, cur_status text, qa bigint,
+    qs bigint, qc bigint, open bigint, last_held integer, reason text, first_bo timestamptz);
 CREATE TABLE {stg}.refreshed AS
 WITH q AS (
+    SELECT * FROM {stg}.derived
+    UNION ALL
     SELECT k.order_id, k.line_id, ol.qty_ordered, ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled,
            ol.qty_held, ol.qty_backordered, ol.wait_reason AS cur_reason, ol.backordered_since AS cur_since,
            ol.status AS cur_status, alloc.qa, alloc.qs, canc.qc,
            greatest(ol.qty_ordered - alloc.qa - alloc.qs - canc.qc, 0) AS open,
            coalesce(att.qty_held, 0) AS last_held, att.reason, att.first_bo
-    FROM (SELECT DISTINCT order_id, line_id FROM {stg}.touched ORDER BY 1, 2) k   -- in key order: probes walk the indexes
+    FROM (SELECT DISTINCT t.order_id, t.line_id FROM {stg}.touched t          -- in key order: probes walk the indexes
+          WHERE NOT EXISTS (SELECT 1 FROM {stg}.derived d WHERE d.order_id = t.order_id AND d.line_id = t.line_id)
+          ORDER BY 1, 2) k
     CROSS JOIN LATERAL (
         SELECT ol.qty_ordered, ol.qty_allocated, ol.qty_shipped, ol.qty_cancelled, ol.qty_held, ol.qty_backordered,
                ol.wait_reason, ol.backordered_since, ol.status
