@@ -13,7 +13,6 @@
 -- The lines' quantities satisfy oms.order_lines' check (ordered = allocated + shipped + backordered + held + cancelled);
 -- tests/test_cycle.py recomputes every line from its events after days of runs and finds nothing to change.
 DROP TABLE IF EXISTS {stg}.derived;
-ANALYZE {stg}.touched;
 -- hash joins of the staged tables: a join on (order_id, line_id) is estimated at a handful of rows (the two columns
 -- are taken as independent), and a nested loop over half a million lines would then run once per line
 SET LOCAL enable_nestloop = off;

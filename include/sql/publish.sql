@@ -111,3 +111,4 @@ UNION
 SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN {stg}.confirmations c USING (shipment_request_id)
 UNION
 SELECT order_id, line_id FROM {stg}.cancellations;
+ANALYZE {stg}.touched;

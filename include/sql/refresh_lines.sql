@@ -1,7 +1,7 @@
 -- Recompute the quantities, status and labels of the lines in {stg}.touched from the event tables
 -- (shipment request lines, cancellations, attempts). Used by publish and by the rewind of runs.
--- The lines of {stg}.derived (publish: derive_lines.sql, from each line's row and the run's own rows) take their values
--- from there; every other touched line (all of them in a rewind) is recomputed from its events.
+-- The lines of {stg}.derived (publish: derive_lines.sql, from each line's state before the run and the run's own rows)
+-- take their values from there; every other touched line (all of them in a rewind) is recomputed from its events.
 -- Each recomputed line reads its own row and its own events through the indexes (LATERAL, per line; OFFSET 0 keeps each
 -- lookup a per-line index probe): the cost follows the lines touched, not the history, and no join estimate can turn
 -- into a scan of a whole table. The new values are computed first ({stg}.refreshed), and only the lines whose values

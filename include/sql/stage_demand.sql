@@ -2,8 +2,9 @@
 -- {stg} is the run's staging schema. shipments_used counts the order's shipment requests of earlier runs.
 -- Quantity cancelled at T before allocation ({stg}.cancellations, lifecycle.stage_cancellations) is not demand; lines
 -- cancelled in full drop out. cur_* (and qty_ordered): the line's state before the run (publish skips the lines the
--- run leaves as they were, and derives the new state of the others from it: derive_lines.sql). pool: NULL for a store that channels.yaml does not list; cycle.extract_stock then gives the store its
--- channel (the defaults) and the line its pool.
+-- run leaves as they were, and derives the new state of the others from it: derive_lines.sql). pool: NULL for a store
+-- that channels.yaml does not list; cycle.extract_stock then gives the store its channel (the defaults) and the line
+-- its pool.
 CREATE TABLE {stg}.demand AS
 WITH cancelled AS (SELECT order_id, line_id, sum(qty)::integer AS qty FROM {stg}.cancellations GROUP BY order_id, line_id)
 SELECT * FROM (
