@@ -229,87 +229,50 @@ def _open_run(url: str, t: datetime, stg: str, rules: Rules, airflow_run_id: str
 
 
 # ----------------------------------------------------------------------------------------------- extract
-_MESSAGE_SQL = """
-SELECT m.message_id, m.received_at, m.body FROM landing.order_messages m
+# the messages of T not consumed before (ids only, one pass over the landing table; the chunks then read theirs by key)
+_RUN_MESSAGES_SQL = """
+CREATE TEMP TABLE run_messages ON COMMIT DROP AS
+SELECT m.message_id FROM landing.order_messages m
 WHERE m.received_at <= %(t)s
-  AND NOT EXISTS (SELECT 1 FROM oms.consumed_messages c WHERE c.message_id = m.message_id)
-ORDER BY m.message_id
-"""
+  AND NOT EXISTS (SELECT 1 FROM oms.consumed_messages c WHERE c.message_id = m.message_id);
+ALTER TABLE run_messages ADD PRIMARY KEY (message_id);
+ANALYZE run_messages"""
+# the last message id of every chunk, in order
+_CHUNK_ENDS_SQL = """
+SELECT message_id FROM (SELECT message_id, row_number() OVER (ORDER BY message_id) AS n, count(*) OVER () AS total
+                        FROM run_messages) x
+WHERE n %% %(size)s = 0 OR n = total ORDER BY 1"""
+# the messages of one chunk: those after the previous chunk's last message id, up to this chunk's last
+_MESSAGE_SQL = """
+SELECT m.message_id, m.received_at, m.body
+FROM run_messages r JOIN landing.order_messages m ON m.message_id = r.message_id
+WHERE r.message_id > %(after)s AND r.message_id <= %(upto)s
+ORDER BY m.message_id"""
+# messages parsed and staged at a time: the stage's memory follows the chunk, not the backlog (a first load of
+# 500,000 messages in one run held 7 GB at once; a message and what is parsed from it take about 10 KB)
+EXTRACT_CHUNK_MESSAGES = 20_000
+_ORDER_COLS = ["order_id", "store", "origin_date", "customer_id", "customer_type", "customer_segment",
+               "customer_email", "customer_name", "language", "country_code", "payment_method", "payment_reference",
+               "currency", "authorized_amount", "authorization_status", "gateway_id", "transaction_id",
+               "last_authorized_at", "shipping_method", "priority_tier", "promised_date", "ship_by_date", "status",
+               "message_id", "content_hash", "order_attributes", "created_run_at", "updated_at"]
+_LINE_COLS = ["order_id", "line_id", "line_number", "sku", "product_name", "qty_ordered", "qty_held", "status",
+              "backorderable", "backorder_decided_by", "auto_cancel_at", "gross_amount", "net_amount", "tax_amount",
+              "promise_delivery_date", "created_run_at", "updated_at"]
 
 
-def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
-    """Parse the order messages received up to T and not yet consumed into new orders and lines; quarantine the rest."""
-    from backorders.messages import parse_messages
+def extract_orders(url: str, t, rules: Rules | None = None, chunk_messages: int | None = None) -> dict:
+    """Parse the order messages received up to T and not yet consumed into new orders and lines; quarantine the rest.
 
+    The messages are read, parsed and staged chunk_messages (default EXTRACT_CHUNK_MESSAGES) at a time, in message id
+    order, in one transaction: the first message of an order id makes the order, a later one with the same content is
+    a duplicate and one with other content a conflict, whichever chunk each is in."""
     t = as_run_time(t)
     rules = rules or load_rules()
     stg = staging_schema(t)
+    figures = dict.fromkeys(["messages_in", "orders_created", "lines_created", "messages_quarantined",
+                             "messages_duplicate"], 0)
     with db.transaction(url) as conn, conn.cursor() as cur:
-        msgs = db.read_frame(conn, _MESSAGE_SQL, {"t": t}, dtypes={"message_id": "int64", "body": "object"},
-                             parse_dates=["received_at"])
-        log.info("extract orders at %s: read %d order messages received up to T, not consumed before; parsing",
-                 t.isoformat(), len(msgs))
-        batch = parse_messages(msgs)
-        log.info("extract orders at %s: parsed %d orders with %d lines, %d messages rejected", t.isoformat(),
-                 len(batch.orders), len(batch.lines), len(batch.rejects))
-        orders, lines, rejects = batch.orders, batch.lines, batch.rejects
-
-        # duplicates (same order, same content) are consumed once; same id with other content is a conflict
-        known = {}
-        ids = sorted(set(orders["order_id"]))
-        if ids:
-            cur.execute("SELECT order_id, content_hash, message_id FROM oms.orders WHERE order_id = ANY(%s)", (ids,))
-            known = {oid: (h, mid) for oid, h, mid in cur.fetchall()}
-        orders = orders.sort_values("message_id", kind="stable")
-        first_seen: dict[str, tuple[str, int]] = dict(known)
-        outcome, conflict_reason = [], {}
-        for mid, oid, h in zip(orders["message_id"], orders["order_id"], orders["content_hash"]):
-            if oid not in first_seen:
-                first_seen[oid] = (h, mid)
-                outcome.append("PROCESSED")
-            elif first_seen[oid][0] == h:
-                outcome.append("DUPLICATE")
-            else:
-                outcome.append("CONFLICT")
-                conflict_reason[mid] = (f"conflict: order {oid} was already received in message "
-                                        f"{first_seen[oid][1]} with different content")
-        orders = orders.assign(outcome=outcome)
-        conflicts = orders[orders.outcome == "CONFLICT"]
-        good = orders[orders.outcome == "PROCESSED"].copy()
-        dupes = orders[orders.outcome == "DUPLICATE"]
-        lines = lines[lines["message_id"].isin(good["message_id"])].copy()
-
-        raw_by_id = msgs.set_index("message_id")
-        quarantine = pd.concat([
-            rejects[["message_id", "received_at", "reason", "raw"]],
-            pd.DataFrame({
-                "message_id": conflicts["message_id"].to_numpy(),
-                "received_at": raw_by_id.loc[conflicts["message_id"], "received_at"].to_numpy(),
-                "reason": [conflict_reason[m] for m in conflicts["message_id"]],
-                "raw": raw_by_id.loc[conflicts["message_id"], "body"].to_numpy(),
-            }),
-        ], ignore_index=True).sort_values("message_id")
-        quarantine = quarantine.assign(
-            quarantine_id="Q-msg-" + quarantine["message_id"].astype(str),
-            source="landing.order_messages",
-            source_ref=quarantine["message_id"].astype(str),
-            run_at=t,
-        )
-        consumed = pd.concat([
-            pd.DataFrame({"message_id": good["message_id"], "outcome": "PROCESSED", "order_id": good["order_id"]}),
-            pd.DataFrame({"message_id": dupes["message_id"], "outcome": "DUPLICATE", "order_id": dupes["order_id"]}),
-            pd.DataFrame({"message_id": quarantine["message_id"], "outcome": "QUARANTINED",
-                          "order_id": rejects.set_index("message_id")["order_id"].reindex(quarantine["message_id"]).to_numpy()
-                          if len(rejects) else None}),
-        ], ignore_index=True).assign(run_at=t)
-        # conflicts keep their order id for tracing
-        if len(conflicts):
-            consumed.loc[consumed.message_id.isin(conflicts.message_id), "order_id"] = \
-                consumed.loc[consumed.message_id.isin(conflicts.message_id), "message_id"].map(
-                    conflicts.set_index("message_id")["order_id"])
-
-        good, lines = _enrich(conn, good, lines, rules, t)
-
         cur.execute(f"""
             CREATE TABLE {stg}.new_orders (LIKE oms.orders INCLUDING DEFAULTS);
             CREATE TABLE {stg}.new_order_documents (LIKE oms.order_documents INCLUDING DEFAULTS);
@@ -317,26 +280,104 @@ def extract_orders(url: str, t, rules: Rules | None = None) -> dict:
             CREATE TABLE {stg}.quarantine (LIKE oms.quarantine INCLUDING DEFAULTS);
             CREATE TABLE {stg}.consumed (LIKE oms.consumed_messages INCLUDING DEFAULTS);
         """)
-        order_cols = ["order_id", "store", "origin_date", "customer_id", "customer_type", "customer_segment",
-                      "customer_email", "customer_name", "language", "country_code", "payment_method",
-                      "payment_reference", "currency", "authorized_amount", "authorization_status", "gateway_id",
-                      "transaction_id", "last_authorized_at", "shipping_method", "priority_tier", "promised_date",
-                      "ship_by_date", "status", "message_id", "content_hash", "order_attributes",
-                      "created_run_at", "updated_at"]
-        line_cols = ["order_id", "line_id", "line_number", "sku", "product_name", "qty_ordered", "qty_held", "status",
-                     "backorderable", "backorder_decided_by", "auto_cancel_at", "gross_amount", "net_amount",
-                     "tax_amount", "promise_delivery_date", "created_run_at", "updated_at"]
-        db.copy_frame(conn, good, f"{stg}.new_orders", order_cols)
-        db.copy_frame(conn, good, f"{stg}.new_order_documents", ["order_id", "raw_order", "created_run_at"])
-        db.copy_frame(conn, lines, f"{stg}.new_lines", line_cols)
-        quarantine_cols = ["quarantine_id", "source", "source_ref", "received_at", "reason", "raw", "run_at"]
-        db.copy_frame(conn, quarantine, f"{stg}.quarantine", quarantine_cols)
-        consumed_cols = ["message_id", "run_at", "outcome", "order_id"]
-        db.copy_frame(conn, consumed, f"{stg}.consumed", consumed_cols)
-    figures = {"messages_in": len(msgs), "orders_created": len(good), "lines_created": len(lines),
-               "messages_quarantined": len(quarantine), "messages_duplicate": len(dupes)}
+        cur.execute(_RUN_MESSAGES_SQL, {"t": t})
+        cur.execute(_CHUNK_ENDS_SQL, {"size": max(int(chunk_messages or EXTRACT_CHUNK_MESSAGES), 1)})
+        ends = [int(v) for v, in cur.fetchall()]
+        bounds = list(zip([-2**63] + ends[:-1], ends))
+        first_seen: dict[str, tuple[str, int]] = {}     # order id: (content hash, message id) of its first message
+        for i, (after, upto) in enumerate(bounds):
+            chunk = _extract_chunk(conn, cur, stg, t, rules, after, upto, first_seen)
+            for k, v in chunk.items():
+                figures[k] += v
+            if len(bounds) > 1:
+                log.info("extract orders at %s: chunk %d of %d staged: %s", t.isoformat(), i + 1, len(bounds), chunk)
+        # statistics for the gate's and publish's plans, rather than whatever autovacuum has done by then: a first
+        # load of 500,000 orders whose gate started before autovacuum had analyzed the documents was still in one
+        # check (extract.orders_required) after 14 minutes; with the statistics its NOT EXISTS is one hash lookup a row
+        cur.execute(f"ANALYZE {stg}.new_orders, {stg}.new_order_documents, {stg}.new_lines, {stg}.quarantine, "
+                    f"{stg}.consumed")
     log.info("extract orders at %s: %s", t.isoformat(), figures)
     return figures
+
+
+def _extract_chunk(conn, cur, stg: str, t: datetime, rules: Rules, after: int, upto: int,
+                   first_seen: dict[str, tuple[str, int]]) -> dict:
+    """Parse and stage the messages of T with after < message_id <= upto; first_seen: the orders of earlier chunks and
+    of oms.orders met so far, updated with this chunk's."""
+    from backorders.messages import parse_messages
+
+    msgs = db.read_frame(conn, _MESSAGE_SQL, {"after": after, "upto": upto},
+                         dtypes={"message_id": "int64", "body": "object"}, parse_dates=["received_at"])
+    log.info("extract orders at %s: read %d order messages received up to T, not consumed before; parsing",
+             t.isoformat(), len(msgs))
+    batch = parse_messages(msgs)
+    log.info("extract orders at %s: parsed %d orders with %d lines, %d messages rejected", t.isoformat(),
+             len(batch.orders), len(batch.lines), len(batch.rejects))
+    orders, lines, rejects = batch.orders, batch.lines, batch.rejects
+
+    # duplicates (same order, same content) are consumed once; same id with other content is a conflict
+    ids = sorted(set(orders["order_id"]) - first_seen.keys())
+    if ids:
+        cur.execute("SELECT order_id, content_hash, message_id FROM oms.orders WHERE order_id = ANY(%s)", (ids,))
+        first_seen.update({oid: (h, mid) for oid, h, mid in cur.fetchall()})
+    orders = orders.sort_values("message_id", kind="stable")
+    outcome, conflict_reason = [], {}
+    for mid, oid, h in zip(orders["message_id"], orders["order_id"], orders["content_hash"]):
+        if oid not in first_seen:
+            first_seen[oid] = (h, mid)
+            outcome.append("PROCESSED")
+        elif first_seen[oid][0] == h:
+            outcome.append("DUPLICATE")
+        else:
+            outcome.append("CONFLICT")
+            conflict_reason[mid] = (f"conflict: order {oid} was already received in message "
+                                    f"{first_seen[oid][1]} with different content")
+    orders = orders.assign(outcome=outcome)
+    conflicts = orders[orders.outcome == "CONFLICT"]
+    good = orders[orders.outcome == "PROCESSED"].copy()
+    dupes = orders[orders.outcome == "DUPLICATE"]
+    lines = lines[lines["message_id"].isin(good["message_id"])].copy()
+
+    raw_by_id = msgs.set_index("message_id")
+    quarantine = pd.concat([
+        rejects[["message_id", "received_at", "reason", "raw"]],
+        pd.DataFrame({
+            "message_id": conflicts["message_id"].to_numpy(),
+            "received_at": raw_by_id.loc[conflicts["message_id"], "received_at"].to_numpy(),
+            "reason": [conflict_reason[m] for m in conflicts["message_id"]],
+            "raw": raw_by_id.loc[conflicts["message_id"], "body"].to_numpy(),
+        }),
+    ], ignore_index=True).sort_values("message_id")
+    quarantine = quarantine.assign(
+        quarantine_id="Q-msg-" + quarantine["message_id"].astype(str),
+        source="landing.order_messages",
+        source_ref=quarantine["message_id"].astype(str),
+        run_at=t,
+    )
+    consumed = pd.concat([
+        pd.DataFrame({"message_id": good["message_id"], "outcome": "PROCESSED", "order_id": good["order_id"]}),
+        pd.DataFrame({"message_id": dupes["message_id"], "outcome": "DUPLICATE", "order_id": dupes["order_id"]}),
+        pd.DataFrame({"message_id": quarantine["message_id"], "outcome": "QUARANTINED",
+                      "order_id": rejects.set_index("message_id")["order_id"].reindex(quarantine["message_id"]).to_numpy()
+                      if len(rejects) else None}),
+    ], ignore_index=True).assign(run_at=t)
+    # conflicts keep their order id for tracing
+    if len(conflicts):
+        consumed.loc[consumed.message_id.isin(conflicts.message_id), "order_id"] = \
+            consumed.loc[consumed.message_id.isin(conflicts.message_id), "message_id"].map(
+                conflicts.set_index("message_id")["order_id"])
+
+    good, lines = _enrich(conn, good, lines, rules, t)
+
+    db.copy_frame(conn, good, f"{stg}.new_orders", _ORDER_COLS)
+    db.copy_frame(conn, good, f"{stg}.new_order_documents", ["order_id", "raw_order", "created_run_at"])
+    db.copy_frame(conn, lines, f"{stg}.new_lines", _LINE_COLS)
+    quarantine_cols = ["quarantine_id", "source", "source_ref", "received_at", "reason", "raw", "run_at"]
+    db.copy_frame(conn, quarantine, f"{stg}.quarantine", quarantine_cols)
+    consumed_cols = ["message_id", "run_at", "outcome", "order_id"]
+    db.copy_frame(conn, consumed, f"{stg}.consumed", consumed_cols)
+    return {"messages_in": len(msgs), "orders_created": len(good), "lines_created": len(lines),
+            "messages_quarantined": len(quarantine), "messages_duplicate": len(dupes)}
 
 
 def _enrich(conn, orders: pd.DataFrame, lines: pd.DataFrame, rules: Rules, t: datetime):
@@ -726,13 +767,24 @@ def format_summary(s: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- whole cycle
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MB (Linux reports kilobytes, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0), 1)
+
+
 def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | None = None,
               allow_rewind_later: bool = False, lock_wait: float = 600.0, keep_staging: bool = False,
               deliver: bool = False) -> dict:
     """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it). The tasks
     the DAG runs side by side run here at the same time too, one thread and connection each: the on hand next to the
     orders' extract and cancellations; the lifecycle, the storefront and the load gate after publish; the three
-    outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own).
+    outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own), and
+    "peak_rss_mb" the process's peak memory when each stage ended (it only grows: the stage where it jumps is the one
+    that holds the most; stages of one block share the process).
 
     If another run holds the run lock, waits for it up to lock_wait seconds (then run_lock.RunLocked).
     keep_staging keeps the run's staging schema (the benchmark measures its floor on the same staged input).
@@ -744,11 +796,13 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
     rules = rules or load_rules()
     timings: dict[str, float] = {}
     parallel: dict[str, dict] = {}
+    peak_rss: dict[str, float] = {}
 
     def timed(name, fn, *args, **kw):
         started = time.perf_counter()
         out = fn(*args, **kw)
         timings[name] = round(time.perf_counter() - started, 3)
+        peak_rss[name] = _peak_rss_mb()
         return out
 
     def timed_together(block: str, *branches: list[tuple]) -> dict:
@@ -791,7 +845,7 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
                        [("queue_payment_requests", outbox.queue_payment_requests, url, t, rules)],
                        [("queue_shipment_messages", outbox.queue_shipment_messages, url, t, rules)])
         timed("delivery_window", outbox.apply_delivery_window, url, t, rules)
-        figures = {"seconds": timings, "parallel": parallel}
+        figures = {"seconds": timings, "parallel": parallel, "peak_rss_mb": peak_rss}
         summary = timed("finish", finish_run, url, t, figures, keep_staging) | figures
     except Exception as exc:
         fail_run(url, t, f"{type(exc).__name__}: {exc}", airflow_run_id)

@@ -8,10 +8,13 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
+import logging
+
 import psycopg2.errors
 
 from backorders.settings import TEMPLATES_DIR
 
+log = logging.getLogger(__name__)
 EMAIL_TEMPLATES = TEMPLATES_DIR / "email"
 PARTS = ("subject", "txt", "html")
 NOT_BACKORDERABLE_TEXT = "not in stock and not available on backorder"
@@ -106,13 +109,12 @@ BACKORDERED_SQL = """
     FROM oms.order_lines l JOIN oms.orders o USING (order_id)
     WHERE l.is_backorder AND l.backordered_since = %(t)s
       AND NOT EXISTS (SELECT 1 FROM oms.notification_lines n
-                      WHERE n.kind = 'BACKORDER_NOTICE' AND n.order_id = l.order_id AND n.line_id = l.line_id)
-    ORDER BY l.order_id, l.line_number"""
+                      WHERE n.kind = 'BACKORDER_NOTICE' AND n.order_id = l.order_id AND n.line_id = l.line_id)"""
 CANCELLED_SQL = """
     SELECT c.order_id, c.line_id, l.line_number, l.sku, l.product_name, c.quantity AS qty_cancelled, c.kind,
            c.reason, o.customer_email, o.customer_name, o.language, o.store, o.ship_by_date
     FROM oms.line_cancellations c JOIN oms.order_lines l USING (order_id, line_id) JOIN oms.orders o USING (order_id)
-    WHERE c.run_at = %(t)s ORDER BY c.order_id, l.line_number"""
+    WHERE c.run_at = %(t)s"""
 _TEXT = {"order_id": "object", "line_id": "object", "sku": "object", "product_name": "object",
          "customer_email": "object", "customer_name": "object", "language": "object", "store": "object"}
 
@@ -239,22 +241,47 @@ def write_outbox(cur, rows: list, links: list) -> None:
                        ON CONFLICT DO NOTHING; DROP TABLE queued_notification_lines""")
 
 
-def queue_notices(conn, t: datetime, rules) -> dict:
+# orders whose emails are rendered and written at a time: the stage's memory follows the chunk, not the run (a first
+# load that backorders 350,000 orders at once renders as many emails)
+NOTICE_CHUNK_ORDERS = 20_000
+_NOTICE_KINDS = (("BACKORDER_NOTICE", BACKORDERED_SQL, _TEXT),
+                 ("CANCELLATION_NOTICE", CANCELLED_SQL, {**_TEXT, "reason": "object", "kind": "object"}))
+
+
+def queue_notices(conn, t: datetime, rules, chunk_orders: int | None = None) -> dict:
     """Queue the customer emails of the run at T in the outbox, in the connection's transaction: one backorder notice
     per order for lines newly backordered (never twice for a line), one cancellation notice per order for quantity
-    cancelled at T. Returns {emails_queued, backorder_notices, cancellation_notices}."""
+    cancelled at T. The lines of each kind are selected once (a temporary table), then read, rendered and written
+    chunk_orders orders (default NOTICE_CHUNK_ORDERS) at a time, in order id order.
+    Returns {emails_queued, backorder_notices, cancellation_notices}."""
     from backorders import db
 
-    bo = db.read_frame(conn, BACKORDERED_SQL, {"t": t}, dtypes=_TEXT, parse_dates=["ship_by_date"])
-    cancelled = db.read_frame(conn, CANCELLED_SQL, {"t": t}, dtypes={**_TEXT, "reason": "object", "kind": "object"},
-                              parse_dates=["ship_by_date"])
-    rows, links = [], []
-    for kind, frame in (("BACKORDER_NOTICE", bo), ("CANCELLATION_NOTICE", cancelled)):
-        r, li = build_notices(kind, frame, t, rules)
-        rows += r
-        links += li
+    size = max(int(chunk_orders or NOTICE_CHUNK_ORDERS), 1)
+    queued, orders = 0, {}
     with conn.cursor() as cur:
-        write_outbox(cur, rows, links)
-    return {"emails_queued": len(rows),
-            "backorder_notices": int(bo["order_id"].nunique()) if len(bo) else 0,
-            "cancellation_notices": int(cancelled["order_id"].nunique()) if len(cancelled) else 0}
+        for kind, sql, dtypes in _NOTICE_KINDS:
+            cur.execute(f"CREATE TEMP TABLE notice_lines ON COMMIT DROP AS {sql}", {"t": t})
+            cur.execute("""SELECT order_id FROM (SELECT order_id, row_number() OVER (ORDER BY order_id) AS n,
+                                                        count(*) OVER () AS total
+                                                 FROM (SELECT DISTINCT order_id FROM notice_lines) o) x
+                           WHERE n %% %(size)s = 0 OR n = total ORDER BY 1""", {"size": size})
+            ends = [v for v, in cur.fetchall()]       # each chunk's last order id
+            if len(ends) > 1:       # more than one chunk: each reads its orders by key
+                cur.execute("CREATE INDEX ON notice_lines (order_id); ANALYZE notice_lines")
+            orders[kind] = 0
+            for i, (after, upto) in enumerate(zip([None] + ends[:-1], ends)):
+                frame = db.read_frame(conn, """
+                    SELECT * FROM notice_lines
+                    WHERE (%(after)s::text IS NULL OR order_id > %(after)s) AND order_id <= %(upto)s
+                    ORDER BY order_id, line_number""", {"after": after, "upto": upto}, dtypes=dtypes,
+                    parse_dates=["ship_by_date"])
+                rows, links = build_notices(kind, frame, t, rules)
+                write_outbox(cur, rows, links)
+                queued += len(rows)
+                orders[kind] += int(frame["order_id"].nunique()) if len(frame) else 0
+                if len(ends) > 1:
+                    log.info("%s at %s: chunk %d of %d queued: %d emails", kind, t.isoformat(), i + 1, len(ends),
+                             len(rows))
+            cur.execute("DROP TABLE notice_lines")
+    return {"emails_queued": queued, "backorder_notices": orders["BACKORDER_NOTICE"],
+            "cancellation_notices": orders["CANCELLATION_NOTICE"]}

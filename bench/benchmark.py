@@ -197,9 +197,10 @@ def measure_cycle(url: str, t: str, keep_staging: bool) -> dict:
     wall = time.perf_counter() - started
     return {"wall_seconds": round(wall, 3), "seconds": summary["seconds"], "parallel": summary.get("parallel", {}),
             "peak_rss_mb": round(_maxrss_mb(), 1),
+            "stage_peak_rss_mb": summary.get("peak_rss_mb", {}),
             "import_seconds": round(imports, 3),
             "rss_after_imports_mb": round(rss_before, 1),
-            "summary": {k: v for k, v in summary.items() if k not in ("seconds", "parallel")}}
+            "summary": {k: v for k, v in summary.items() if k not in ("seconds", "parallel", "peak_rss_mb")}}
 
 
 def rewind(url: str, t: str) -> None:

@@ -133,6 +133,52 @@ def test_bad_duplicate_and_conflicting_messages(landing, migrated_url):
     assert (s["messages_in"], s["messages_duplicate"], s["orders_created"]) == (1, 1, 0)
 
 
+def test_a_backlog_in_chunks_ends_in_the_tables_of_one_chunk(pg_admin_url, monkeypatch, caplog):
+    """extract_orders reads, parses and stages the messages a chunk at a time, queue_notifications renders the emails
+    a chunk of orders at a time (their memory follows the chunk): with chunks of 3, an order's repeat and its
+    conflicting version in other chunks than its first message, bad messages and a day of demo orders end in exactly
+    the tables that one chunk gives."""
+    import logging
+
+    from backorders import db, demo_data, schema
+    from backorders.cli import DEMO_START
+    from backorders import notifications
+    from tests.conftest import Landing, scratch_database
+
+    good = order_message("D1", lines=[("SKU-D", 1, None)])
+    data = demo_data.generate_demo(600, seed=5, start=DEMO_START, days=1)
+    snapshots, figures = [], []
+    for chunk in (None, 3):
+        if chunk:
+            monkeypatch.setattr(cycle, "EXTRACT_CHUNK_MESSAGES", chunk)
+            monkeypatch.setattr(notifications, "NOTICE_CHUNK_ORDERS", chunk)
+        with scratch_database(pg_admin_url, f"chunks_{chunk}") as url:
+            schema.upgrade(url)
+            landing = Landing(url)
+            landing.message(good, "2026-03-01T01:00:00Z")
+            with db.transaction(url) as conn:
+                demo_data.write_landing(conn, data)
+            landing.message("{not json", "2026-03-02T01:03:00Z")
+            landing.message(good, "2026-03-02T01:04:00Z")                                    # exact repeat
+            landing.message(order_message("D1", lines=[("SKU-D", 9, None)]), "2026-03-02T01:05:00Z")  # conflict
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="backorders"):
+                figures.append(cycle.run_cycle(url, T1))
+            said = [r.getMessage() for r in caplog.records]
+            figures[-1]["chunks"] = (sum("staged:" in m for m in said), sum("BACKORDER_NOTICE at" in m for m in said))
+            figures[-1]["quarantine"] = table_rows(url, "SELECT reason FROM oms.quarantine WHERE reason LIKE 'conflict%'")
+            figures[-1]["notices"] = table_rows(url, "SELECT count(*) FROM oms.notifications WHERE kind = 'BACKORDER_NOTICE'")
+            snapshots.append(snapshot_oms(url))
+    whole, chunked = figures
+    assert whole["chunks"] == (0, 0), whole["chunks"]       # one chunk each: no chunk is reported
+    notices = chunked["notices"][0][0]
+    assert chunked["chunks"] == (-(-chunked["messages_in"] // 3), -(-notices // 3)), (chunked["chunks"], notices)
+    assert chunked["messages_in"] > 60 and notices > 10, (chunked, notices)
+    assert chunked["messages_duplicate"] == 1 and chunked["orders_created"] > 50, chunked
+    assert len(chunked["quarantine"]) == 1 and "order D1 was already received in message 1 " in chunked["quarantine"][0][0]
+    assert snapshots[0] == snapshots[1]
+
+
 def test_unlisted_store_uses_the_defaults(landing, migrated_url):
     landing.message(order_message("X1", store="MARS_WEB", lines=[("SKU-X", 1, None)]), "2026-03-02T01:00:00Z")
     s = cycle.run_cycle(migrated_url, T1)
