@@ -572,6 +572,10 @@ def report_table(res: dict) -> str:
     t = res["targets"]
     out += ["", f"demand lines {res['floor']['rows']['demand']:,}, stock rows {res['floor']['rows']['stock']:,}, "
                 f"peak RSS of the cycle {m['peak_rss_mb']:.0f} MB"]
+    if res.get("first_ingest"):
+        first = res["first_ingest"]
+        out += [f"first ingest: {first['summary'].get('messages_in', 0):,} messages, "
+                f"peak RSS {first['peak_rss_mb']:.0f} MB (not a target)"]
     out += [f"target {k}: {v['value']:.2f} (limit {v['limit']}) {'OK' if v['met'] else 'NOT MET'}" for k, v in t.items()]
     out += ["", "floor samples (SQL FIFO, median of each set):"]
     out += [f"  {f['when']}: {f['sql_fifo']:.2f} s" for key in ("cycle", "history_cycle") if res.get(key)
