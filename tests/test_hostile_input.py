@@ -99,6 +99,7 @@ def test_bad_stock_rows_are_quarantined_and_future_rows_wait_until_due(landing, 
     landing._exec("INSERT INTO landing.stock_levels (source_code, sku, quantity, as_of, received_at) "
                   "VALUES (%s, %s, %s, %s, %s)", [
                       ("WH_PDX", "SKU-S", -5, utc("2026-03-02T02:00:00Z"), utc("2026-03-02T02:00:00Z")),
+                      ("WH_PDX", "SKU-S", -5, utc("2026-03-02T02:00:00Z"), utc("2026-03-02T02:00:00Z")),  # twice
                       ("WH_MARS", "SKU-S", 50, utc("2026-03-02T02:00:00Z"), utc("2026-03-02T02:00:00Z")),
                       ("WH_PDX", "SKU-S", 2.5, utc("2026-03-02T02:00:00Z"), utc("2026-03-02T02:00:00Z")),
                       ("WH_PDX", "SKU-S", None, utc("2026-03-02T02:00:00Z"), utc("2026-03-02T02:00:00Z")),
@@ -108,6 +109,7 @@ def test_bad_stock_rows_are_quarantined_and_future_rows_wait_until_due(landing, 
     assert sorted(rows, key=lambda r: r[1]) == [
         ("WH_PDX/SKU-S/2026-03-02T02:00:00Z", "quantity is missing"),
         ("WH_PDX/SKU-S/2026-03-02T02:00:00Z", "quantity is negative: -5"),
+        ("WH_PDX/SKU-S/2026-03-02T02:00:00Z", "quantity is negative: -5"),
         ("WH_PDX/SKU-S/2026-03-02T02:00:00Z", "quantity is not a whole number: 2.5"),
         ("WH_MARS/SKU-S/2026-03-02T02:00:00Z", "unknown source WH_MARS: not a source of any channel in channels.yaml"),
     ]
@@ -115,11 +117,14 @@ def test_bad_stock_rows_are_quarantined_and_future_rows_wait_until_due(landing, 
     assert table_rows(url, "SELECT qty_allocated, qty_backordered FROM oms.order_lines") == [(1, 1)]
     (obs,) = table_rows(url, "SELECT observed FROM oms.dq_results WHERE check_id = 'extract.nothing_lost_stock'")[0]
     assert (obs["stock_rows_in"], obs["valid"], obs["quarantined"], obs["not_yet_due"], obs["balanced"]) == \
-        (6, 1, 4, 1, True)
+        (7, 1, 5, 1, True)
+    # the identical rows are two quarantine entries, numbered among themselves
+    ids = table_rows(url, "SELECT quarantine_id FROM oms.quarantine WHERE reason = 'quantity is negative: -5' ORDER BY 1")
+    assert len(ids) == 2 and ids[0][0].endswith("-1") and ids[1][0].endswith("-2") and ids[0][0][:-2] == ids[1][0][:-2]
     # at T2 the future row is due and used; nothing is quarantined twice
     cycle.run_cycle(url, T2)
     assert table_rows(url, "SELECT qty_allocated, qty_backordered FROM oms.order_lines") == [(2, 0)]
-    assert table_rows(url, "SELECT count(*) FROM oms.quarantine WHERE source = 'landing.stock_levels'") == [(4,)]
+    assert table_rows(url, "SELECT count(*) FROM oms.quarantine WHERE source = 'landing.stock_levels'") == [(5,)]
     # a re-run of T2 gives the same quarantine (stable ids)
     before = table_rows(url, "SELECT * FROM oms.quarantine ORDER BY 1")
     cycle.run_cycle(url, T2)
