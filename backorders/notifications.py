@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections import namedtuple
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-
-import logging
 
 import psycopg2.errors
 
