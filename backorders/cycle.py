@@ -237,16 +237,11 @@ WHERE m.received_at <= %(t)s
   AND NOT EXISTS (SELECT 1 FROM oms.consumed_messages c WHERE c.message_id = m.message_id);
 ALTER TABLE run_messages ADD PRIMARY KEY (message_id);
 ANALYZE run_messages"""
-# the last message id of every chunk, in order
-_CHUNK_ENDS_SQL = """
-SELECT message_id FROM (SELECT message_id, row_number() OVER (ORDER BY message_id) AS n, count(*) OVER () AS total
-                        FROM run_messages) x
-WHERE n %% %(size)s = 0 OR n = total ORDER BY 1"""
 # the messages of one chunk: those after the previous chunk's last message id, up to this chunk's last
 _MESSAGE_SQL = """
 SELECT m.message_id, m.received_at, m.body
 FROM run_messages r JOIN landing.order_messages m ON m.message_id = r.message_id
-WHERE r.message_id > %(after)s AND r.message_id <= %(upto)s
+WHERE (%(after)s::bigint IS NULL OR r.message_id > %(after)s) AND r.message_id <= %(upto)s
 ORDER BY m.message_id"""
 # messages parsed and staged at a time: the stage's memory follows the chunk, not the backlog (a first load of
 # 500,000 messages in one run held 7 GB at once; a message and what is parsed from it take about 10 KB)
@@ -281,9 +276,7 @@ def extract_orders(url: str, t, rules: Rules | None = None, chunk_messages: int 
             CREATE TABLE {stg}.consumed (LIKE oms.consumed_messages INCLUDING DEFAULTS);
         """)
         cur.execute(_RUN_MESSAGES_SQL, {"t": t})
-        cur.execute(_CHUNK_ENDS_SQL, {"size": max(int(chunk_messages or EXTRACT_CHUNK_MESSAGES), 1)})
-        ends = [int(v) for v, in cur.fetchall()]
-        bounds = list(zip([-2**63] + ends[:-1], ends))
+        bounds = db.key_ranges(cur, "run_messages", "message_id", chunk_messages or EXTRACT_CHUNK_MESSAGES)
         first_seen: dict[str, tuple[str, int]] = {}     # order id: (content hash, message id) of its first message
         for i, (after, upto) in enumerate(bounds):
             chunk = _extract_chunk(conn, cur, stg, t, rules, after, upto, first_seen)
@@ -300,9 +293,9 @@ def extract_orders(url: str, t, rules: Rules | None = None, chunk_messages: int 
     return figures
 
 
-def _extract_chunk(conn, cur, stg: str, t: datetime, rules: Rules, after: int, upto: int,
+def _extract_chunk(conn, cur, stg: str, t: datetime, rules: Rules, after: int | None, upto: int,
                    first_seen: dict[str, tuple[str, int]]) -> dict:
-    """Parse and stage the messages of T with after < message_id <= upto; first_seen: the orders of earlier chunks and
+    """Parse and stage the messages of T with after < message_id <= upto (after None: from the first); first_seen: the orders of earlier chunks and
     of oms.orders met so far, updated with this chunk's."""
     from backorders.messages import parse_messages
 
@@ -767,7 +760,7 @@ def format_summary(s: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- whole cycle
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """The process's peak resident memory so far, in MB (Linux reports kilobytes, macOS bytes)."""
     import resource
     import sys
@@ -802,7 +795,7 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
         started = time.perf_counter()
         out = fn(*args, **kw)
         timings[name] = round(time.perf_counter() - started, 3)
-        peak_rss[name] = _peak_rss_mb()
+        peak_rss[name] = peak_rss_mb()
         return out
 
     def timed_together(block: str, *branches: list[tuple]) -> dict:

@@ -106,6 +106,16 @@ def why_row_triggers_needed(cur, tables: Sequence[str]) -> str | None:
     return f"{found} would be skipped too" if found else None
 
 
+def key_ranges(cur, table: str, key: str, size: int) -> list[tuple]:
+    """The distinct values of table.key cut into ranges of `size` values, in key order: (after, upto) pairs, a value
+    v in a range when after < v <= upto (after None for the first). No range when the table is empty."""
+    cur.execute(f"""SELECT k FROM (SELECT k, row_number() OVER (ORDER BY k) AS n, count(*) OVER () AS total
+                                   FROM (SELECT DISTINCT {key} AS k FROM {table}) d) x
+                    WHERE n %% %(size)s = 0 OR n = total ORDER BY 1""", {"size": max(int(size), 1)})
+    ends = [v for v, in cur.fetchall()]
+    return list(zip([None] + ends[:-1], ends))
+
+
 def read_frame(conn, sql: str, params: dict | Sequence | None = None, dtypes: dict | None = None,
                parse_dates: Sequence[str] = ()):
     """Run a SELECT and return it as a pandas frame, moved with COPY ... TO STDOUT (fast at millions of rows).

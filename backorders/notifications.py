@@ -255,20 +255,15 @@ def queue_notices(conn, t: datetime, rules, chunk_orders: int | None = None) -> 
     Returns {emails_queued, backorder_notices, cancellation_notices}."""
     from backorders import db
 
-    size = max(int(chunk_orders or NOTICE_CHUNK_ORDERS), 1)
     queued, orders = 0, {}
     with conn.cursor() as cur:
         for kind, sql, dtypes in _NOTICE_KINDS:
             cur.execute(f"CREATE TEMP TABLE notice_lines ON COMMIT DROP AS {sql}", {"t": t})
-            cur.execute("""SELECT order_id FROM (SELECT order_id, row_number() OVER (ORDER BY order_id) AS n,
-                                                        count(*) OVER () AS total
-                                                 FROM (SELECT DISTINCT order_id FROM notice_lines) o) x
-                           WHERE n %% %(size)s = 0 OR n = total ORDER BY 1""", {"size": size})
-            ends = [v for v, in cur.fetchall()]       # each chunk's last order id
-            if len(ends) > 1:       # more than one chunk: each reads its orders by key
+            ranges = db.key_ranges(cur, "notice_lines", "order_id", chunk_orders or NOTICE_CHUNK_ORDERS)
+            if len(ranges) > 1:       # more than one chunk: each reads its orders by key
                 cur.execute("CREATE INDEX ON notice_lines (order_id); ANALYZE notice_lines")
             orders[kind] = 0
-            for i, (after, upto) in enumerate(zip([None] + ends[:-1], ends)):
+            for i, (after, upto) in enumerate(ranges):
                 frame = db.read_frame(conn, """
                     SELECT * FROM notice_lines
                     WHERE (%(after)s::text IS NULL OR order_id > %(after)s) AND order_id <= %(upto)s
@@ -278,8 +273,8 @@ def queue_notices(conn, t: datetime, rules, chunk_orders: int | None = None) -> 
                 write_outbox(cur, rows, links)
                 queued += len(rows)
                 orders[kind] += int(frame["order_id"].nunique()) if len(frame) else 0
-                if len(ends) > 1:
-                    log.info("%s at %s: chunk %d of %d queued: %d emails", kind, t.isoformat(), i + 1, len(ends),
+                if len(ranges) > 1:
+                    log.info("%s at %s: chunk %d of %d queued: %d emails", kind, t.isoformat(), i + 1, len(ranges),
                              len(rows))
             cur.execute("DROP TABLE notice_lines")
     return {"emails_queued": queued, "backorder_notices": orders["BACKORDER_NOTICE"],

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,10 +64,6 @@ def stage_group(name: str) -> str:
 
 def _say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ----------------------------------------------------------------------------------------------- database
@@ -158,7 +153,7 @@ def landing_for_benchmark(data, new_share: float):
 
 def prepare(url: str, open_lines: int, skus: int, days: int, seed: int, new_share: float) -> dict:
     """Generate the demo and write the landing tables (runs in its own process: the generator's memory is not the cycle's)."""
-    from backorders import db, demo_data, schema
+    from backorders import cycle, db, demo_data, schema
 
     schema.upgrade(url)
     started = time.perf_counter()
@@ -174,7 +169,7 @@ def prepare(url: str, open_lines: int, skus: int, days: int, seed: int, new_shar
             cur.execute("VACUUM ANALYZE landing.order_messages, landing.stock_levels, landing.catalog_items")
     return {"t0": t0.isoformat(), "t1": t1.isoformat(), "generate_seconds": round(gen, 2),
             "write_landing_seconds": round(time.perf_counter() - started, 2), "landing_rows": counts,
-            "generator_peak_rss_mb": round(_maxrss_mb(), 1)}
+            "generator_peak_rss_mb": cycle.peak_rss_mb()}
 
 
 # ----------------------------------------------------------------------------------------------- cycle
@@ -191,12 +186,12 @@ def measure_cycle(url: str, t: str, keep_staging: bool) -> dict:
     import great_expectations  # noqa: F401
     imports = time.perf_counter() - started
 
-    rss_before = _maxrss_mb()
+    rss_before = cycle.peak_rss_mb()
     started = time.perf_counter()
     summary = cycle.run_cycle(url, t, rules=rules, keep_staging=keep_staging)
     wall = time.perf_counter() - started
     return {"wall_seconds": round(wall, 3), "seconds": summary["seconds"], "parallel": summary.get("parallel", {}),
-            "peak_rss_mb": round(_maxrss_mb(), 1),
+            "peak_rss_mb": cycle.peak_rss_mb(),
             "stage_peak_rss_mb": summary.get("peak_rss_mb", {}),
             "import_seconds": round(imports, 3),
             "rss_after_imports_mb": round(rss_before, 1),
