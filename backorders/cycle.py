@@ -537,6 +537,7 @@ def prepare_allocation(url: str, t) -> None:
                 qty_backordered bigint, qty_held bigint, qty_cancelled bigint, qty_available_seen bigint,
                 outcome text, reason text);
         """)
+        _invalidate_prepared_publish(cur, stg)
 
 
 def index_allocations(url: str, t) -> None:
@@ -588,6 +589,7 @@ def allocate(url: str, t, pool: str, rules: Rules | None = None) -> dict:
         log.info("allocating pool %s at %s: %d demand lines of %d channels against %d stock rows", pool,
                  t.isoformat(), len(demand), len(stores), len(stock))
         result = allocate_pool(demand, stock, policies)
+        _invalidate_prepared_publish(cur, stg)   # (a pool allocated again after prepare_publish)
         cur.execute(f"DELETE FROM {stg}.allocations WHERE pool = %(p)s; DELETE FROM {stg}.line_results WHERE pool = %(p)s",
                     {"p": pool})
         db.copy_frame(conn, result.allocations.assign(pool=pool), f"{stg}.allocations",
@@ -609,18 +611,68 @@ REFERENCING_TABLES = ("oms.order_documents", "oms.order_lines", "oms.shipment_re
                       "oms.shipment_request_lines", "oms.line_cancellations", "oms.backorder_attempts")
 
 
+# what prepare_publish leaves in staging for publish; the marker table is written last, and dropped by every
+# allocation of the run (a pool allocated again makes the prepared tables stale: publish then prepares them itself)
+PUBLISH_PREPARED = "publish_prepared"
+
+
+def prepare_publish(url: str, t) -> dict:
+    """Prepare in staging what publish needs that the run's staged rows and the state before the run determine: the new
+    shipment requests with their numbers, the lines the run touches, and the new quantities of those it can derive
+    (prepare_publish.sql, derive_lines.sql). Reads oms and writes only the staging schema, so it runs beside
+    check_allocation (both after the allocation): publish, one transaction on one core, then only writes."""
+    t = as_run_time(t)
+    stg = staging_schema(t)
+    started = time.perf_counter()
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        figures = _prepare_publish(cur, stg, t)
+    figures["seconds"] = round(time.perf_counter() - started, 3)
+    log.info("prepared the publish of %s: %s", t.isoformat(), figures)
+    return figures
+
+
+def _prepare_publish(cur, stg: str, t) -> dict:
+    _invalidate_prepared_publish(cur, stg)
+    cur.execute(_sql("prepare_publish", stg), {"t": t})
+    cur.execute(_sql("derive_lines", stg), {"t": t})
+    cur.execute(f"""CREATE TABLE {stg}.{PUBLISH_PREPARED} AS SELECT
+        (SELECT count(*) FROM {stg}.new_shipments) AS shipment_requests,
+        (SELECT count(*) FROM {stg}.touched) AS lines_touched,
+        (SELECT count(*) FROM {stg}.derived) AS lines_derived""")
+    cur.execute(f"SELECT * FROM {stg}.{PUBLISH_PREPARED}")
+    return dict(zip([d[0] for d in cur.description], (int(v) for v in cur.fetchone())))
+
+
+def _invalidate_prepared_publish(cur, stg: str) -> None:
+    """Drop the markers of what was prepared from the allocation: publish's, and the shipment messages' (built from
+    the new shipment requests) and payment requests' (built from what publish wrote) in outbox."""
+    from backorders.outbox import PREPARED_MARKERS
+
+    cur.execute(f"DROP TABLE IF EXISTS {stg}.{PUBLISH_PREPARED}, "
+                + ", ".join(f"{stg}.{marker}" for marker in PREPARED_MARKERS))
+
+
 def publish(url: str, t, set_based_references: bool = True) -> dict:
     """Publish the run in one transaction: new orders and lines, shipment requests, cancellations, attempts, exceptions.
+    What prepare_publish prepared is used as it is; when it is missing (not run, or a pool allocated again since),
+    it is prepared here first, in the same transaction.
 
     Every inserted row's references are counted set-based in the same statement (publish.sql); PostgreSQL's row-by-row
     foreign-key triggers are switched off for these inserts when db.why_row_triggers_needed allows it and
     set_based_references (False: keep them on as well, as for a role that may not switch them off)."""
+    from backorders import outbox
+
     t = as_run_time(t)
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
         # under the run lock's advisory xact lock, and only while this run holds the lease: never two publishes at once
         run_lock.check_held(cur, t)
         started = time.perf_counter()
+        cur.execute(f"DROP TABLE IF EXISTS {stg}.{outbox.PAYMENTS_PREPARED}")    # built from what publish writes
+        cur.execute("SELECT to_regclass(%s)", (f"{stg}.{PUBLISH_PREPARED}",))
+        if cur.fetchone()[0] is None:     # prepare_publish did not run, or a pool was allocated again since
+            log.info("publish %s: not prepared beforehand (prepare_publish): prepared now", t.isoformat())
+            _prepare_publish(cur, stg, t)
         row_by_row = db.why_row_triggers_needed(cur, REFERENCING_TABLES) if set_based_references else "asked for"
         if row_by_row:
             log.info("publish %s: foreign keys checked row by row as well (%s)", t.isoformat(), row_by_row)
@@ -633,11 +685,10 @@ def publish(url: str, t, set_based_references: bool = True) -> dict:
         touched = _counts(cur, f"SELECT count(*) FROM {stg}.touched")
         log.info("publish %s: orders, lines, shipment requests, cancellations and attempts written (%.1f s); "
                  "%d lines touched", t.isoformat(), time.perf_counter() - started, touched)
-        cur.execute(_sql("derive_lines", stg), {"t": t})
         derived = _counts(cur, f"SELECT count(*) FROM {stg}.derived")
         cur.execute(_sql("refresh_lines", stg), {"t": t})
         log.info("publish %s: quantities, status and labels of the touched lines refreshed (%.1f s); %d derived from "
-                 "the run's rows, the others recomputed from their events", t.isoformat(),
+                 "the run's rows (prepare_publish), the others recomputed from their events", t.isoformat(),
                  time.perf_counter() - started, derived)
         cur.execute(_sql("exceptions", stg), {"t": t})
         figures = {
@@ -774,8 +825,9 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
               deliver: bool = False) -> dict:
     """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it). The tasks
     the DAG runs side by side run here at the same time too, one thread and connection each: the on hand next to the
-    orders' extract and cancellations; the lifecycle, the storefront and the load gate after publish; the three
-    outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own), and
+    orders' extract and cancellations; the allocation gate and prepare_publish; publish and the shipment messages'
+    preparation; the lifecycle, the storefront, the load gate and the payment requests' preparation after publish; the
+    three outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own), and
     "peak_rss_mb" the process's peak memory when each stage ended (it only grows: the stage where it jumps is the one
     that holds the most; stages of one block share the process).
 
@@ -827,12 +879,17 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
         timed("prepare_allocation", prepare_allocation, url, t)
         for pool in list_pools(url, t):
             timed(f"allocate[{pool}]", allocate, url, t, pool, rules)
-        timed("check_allocation", check_allocation, url, t)
-        timed("publish", publish, url, t)
+        timed_together("check_allocation",
+                       [("check_allocation", check_allocation, url, t)],
+                       [("prepare_publish", prepare_publish, url, t)])
+        timed_together("publish",
+                       [("publish", publish, url, t)],
+                       [("prepare_shipment_messages", outbox.prepare_shipment_messages, url, t, rules)])
         timed_together("after_publish",
                        [("apply_after_publish", lifecycle.apply_after_publish, url, t, rules)],
                        [("refresh_storefront", lifecycle.refresh_storefront, url, t, rules)],
-                       [("check_load", check_load, url, t)])
+                       [("check_load", check_load, url, t)],
+                       [("prepare_payment_requests", outbox.prepare_payment_requests, url, t, rules)])
         timed_together("side_effects",
                        [("queue_notifications", queue_notifications, url, t, rules)],
                        [("queue_payment_requests", outbox.queue_payment_requests, url, t, rules)],

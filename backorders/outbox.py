@@ -60,22 +60,59 @@ def _status(t: datetime, rules: Rules, now: datetime | None) -> tuple[bool, str]
     return deliverable, "PENDING" if deliverable else "SUPPRESSED"
 
 
+# the marker tables of the prepared outbox rows in the run's staging schema, written last by the prepare_* stages:
+# the queue stages copy the prepared rows when their marker is there, and build them themselves when it is not
+PAYMENTS_PREPARED = "payment_requests_prepared"
+SHIPMENT_MESSAGES_PREPARED = "shipment_messages_prepared"
+PREPARED_MARKERS = (PAYMENTS_PREPARED, SHIPMENT_MESSAGES_PREPARED)
+
+
+def _stg(t: datetime) -> str:
+    from backorders.cycle import staging_schema
+
+    return staging_schema(t)
+
+
+def _prepared(cur, stg: str, marker: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{stg}.{marker}",))
+    return cur.fetchone()[0]
+
+
+def prepare_payment_requests(url: str, t, rules: Rules | None = None) -> dict:
+    """Build the payment requests of run T (captures, refunds, re-authorizations, with their JSON bodies), the orders
+    to re-authorize and the lapsed authorizations into the run's staging schema, from what publish wrote. Writes
+    nothing in oms and queues nothing: it runs after publish, beside the lifecycle, the storefront and the load gate,
+    and queue_payment_requests, after the gate, only copies the rows into the outbox."""
+    t = _run_time(t)
+    rules = rules or load_rules()
+    stg = _stg(t)
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
+        built = _build_payment_requests(cur, t, rules, stg)
+        cur.execute(f"CREATE TABLE {stg}.{PAYMENTS_PREPARED} AS SELECT %s::timestamptz AS run_at", (t,))
+    log.info("prepared the payment requests of %s: %s", t.isoformat(), built)
+    return {"payment_requests_built": built}
+
+
 def queue_payment_requests(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
     """Captures, refunds and re-authorizations of run T in oms.payment_requests, and the AUTHORIZATION_EXPIRED
     exceptions. Rows are PENDING, or SUPPRESSED when T is older than the delivery window. One transaction,
-    set-based: every request is built (ids, amounts, JSON bodies) and inserted by SQL from the rows of the run."""
+    set-based: the requests prepare_payment_requests built (or, when it did not run, built here first, the same way)
+    are inserted, the re-authorized orders' last_authorized_at set, the lapsed authorizations' exceptions opened."""
     t = _run_time(t)
     rules = rules or load_rules()
     deliverable, status = _status(t, rules, now)
     with db.transaction(url) as conn, conn.cursor() as cur:
         # the run's events, orders and bodies sort, hash and stay in memory (a new session: temp_buffers can be set)
         cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
-        _payment_methods(cur, rules)
-        _money_events(cur, t)
-        _reauthorizations(cur, t)
-        built, inserted = _insert_requests(cur, t, rules, status)
-        lapsed, closed = _authorization_exceptions(cur, t)
-    figures = {"deliverable": deliverable, "status": status,
+        stg = _stg(t) if _staging_exists(cur, t) else None
+        prepared = stg is not None and _prepared(cur, stg, PAYMENTS_PREPARED)
+        if not prepared:
+            _build_payment_requests(cur, t, rules, None)
+        src = stg if prepared else "pg_temp"
+        built, inserted = _insert_requests(cur, t, status, src)
+        lapsed, closed = _authorization_exceptions(cur, t, src)
+    figures = {"deliverable": deliverable, "status": status, "prepared": prepared,
                "captures": built.get("CAPTURE", 0), "refunds": built.get("REFUND", 0),
                "reauthorizations": built.get("REAUTHORIZE", 0),
                "payment_requests_inserted": inserted, "authorizations_expired": lapsed,
@@ -84,19 +121,74 @@ def queue_payment_requests(url: str, t, rules: Rules | None = None, now: datetim
     return figures
 
 
-def queue_shipment_messages(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
-    """The request_shipment messages of run T in oms.shipment_messages (none when outbox.yaml disables them). Rows are
-    PENDING, or SUPPRESSED when T is older than the delivery window. One transaction, one INSERT ... SELECT.
-    Independent of queue_payment_requests: the two run at the same time (two tasks, two connections)."""
+def _staging_exists(cur, t: datetime) -> bool:
+    cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (_stg(t),))
+    return cur.fetchone()[0]
+
+
+def _build_payment_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
+    """The requests of T into <schema>.payment_requests, the orders to re-authorize into <schema>.payment_reauth and
+    the lapsed authorizations into <schema>.payment_lapsed: the run's staging schema stg, or, with stg None, the
+    session's temporary tables pay.* (pg_temp: dropped at commit). Returns the requests built per kind."""
+    if stg is not None:
+        cur.execute(f"DROP TABLE IF EXISTS {stg}.{PAYMENTS_PREPARED}, {stg}.payment_requests, {stg}.payment_reauth, "
+                    f"{stg}.payment_lapsed")
+    _payment_methods(cur, rules)
+    _money_events(cur, t)
+    _reauthorizations(cur, t, stg)
+    built = _build_requests(cur, t, rules, stg)
+    _lapsed_authorizations(cur, t, stg)
+    return built
+
+
+def _create(stg: str | None, name: str) -> str:
+    """CREATE TABLE of name in the staging schema stg, or with stg None a temporary table dropped at commit."""
+    return f"CREATE TABLE {stg}.{name}" if stg else f"CREATE TEMP TABLE pg_temp.{name} ON COMMIT DROP"
+
+
+def prepare_shipment_messages(url: str, t, rules: Rules | None = None) -> dict:
+    """Build the request_shipment messages of run T into the run's staging schema before publish has written their
+    shipment requests: from the run's new shipment requests and allocations as prepare_publish staged them, and the
+    orders, lines and documents they name (the run's new ones from staging, the others from oms by key). Writes
+    nothing in oms: it runs beside publish (one transaction on one core, which leaves the other idle), and
+    queue_shipment_messages, after the load gate, only copies the messages into the outbox. Skipped when
+    prepare_publish's tables are not there (publish then prepares them itself) or outbox.yaml disables the messages:
+    queue_shipment_messages then builds the messages from what publish wrote."""
+    from backorders.cycle import PUBLISH_PREPARED
+
     t = _run_time(t)
     rules = rules or load_rules()
-    deliverable, status = _status(t, rules, now)
-    messages = 0
+    stg = _stg(t)
+    messages = None
     if rules.outbox.shipment_messages.enabled:
         with db.transaction(url) as conn, conn.cursor() as cur:
             cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
-            messages = _shipment_messages(cur, t, status)
-    figures = {"deliverable": deliverable, "status": status, "shipment_messages": messages}
+            if _prepared(cur, stg, PUBLISH_PREPARED):
+                messages = _build_shipment_messages(cur, t, stg, from_staging=True)
+                cur.execute(f"CREATE TABLE {stg}.{SHIPMENT_MESSAGES_PREPARED} AS SELECT %s::timestamptz AS run_at", (t,))
+    log.info("prepared the shipment messages of %s: %s", t.isoformat(),
+             "skipped" if messages is None else f"{messages} messages")
+    return {"shipment_messages_built": messages}
+
+
+def queue_shipment_messages(url: str, t, rules: Rules | None = None, now: datetime | None = None) -> dict:
+    """The request_shipment messages of run T in oms.shipment_messages (none when outbox.yaml disables them). Rows are
+    PENDING, or SUPPRESSED when T is older than the delivery window. One transaction: the messages
+    prepare_shipment_messages built are inserted (or, when it did not run, they are built here first from the shipment
+    requests publish wrote). Independent of queue_payment_requests: the two run at the same time."""
+    t = _run_time(t)
+    rules = rules or load_rules()
+    deliverable, status = _status(t, rules, now)
+    messages, prepared = 0, False
+    if rules.outbox.shipment_messages.enabled:
+        with db.transaction(url) as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
+            stg = _stg(t) if _staging_exists(cur, t) else None
+            prepared = stg is not None and _prepared(cur, stg, SHIPMENT_MESSAGES_PREPARED)
+            if not prepared:
+                _build_shipment_messages(cur, t, None, from_staging=False)
+            messages = _insert_shipment_messages(cur, t, status, stg if prepared else "pg_temp")
+    figures = {"deliverable": deliverable, "status": status, "prepared": prepared, "shipment_messages": messages}
     log.info("queued shipment messages at %s: %s", t.isoformat(), figures)
     return figures
 
@@ -202,10 +294,11 @@ def _iso_sql(expr: str, utc: bool = False) -> str:
             f"|| {offset})")
 
 
-def _reauthorizations(cur, t: datetime) -> None:
+def _reauthorizations(cur, t: datetime, stg: str | None) -> None:
     """REAUTHORIZE requests: every order with open backorder quantity whose payment method re-authorizes, when
     reauth_interval_days have passed since its last authorization (orders.last_authorized_at: the origin date, then
-    each re-authorization that did not fail). The amount is what is still to be captured. Sets last_authorized_at.
+    each re-authorization that did not fail). The amount is what is still to be captured. The orders to re-authorize go
+    to payment_reauth (_create: staging or temporary); _insert_requests sets their last_authorized_at.
 
     bo_orders: the orders with open backorders and a re-authorizing method; reauth: the requests of T (queued by
     _insert_requests)."""
@@ -233,9 +326,9 @@ def _reauthorizations(cur, t: datetime) -> None:
         WHERE %(t)s >= b.last_auth + make_interval(days => b.reauth_interval_days)
         GROUP BY b.order_id, b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id,
                  b.digits, b.last_auth, b.reauth_interval_days""", {"t": t})
-    if cur.rowcount:
-        cur.execute("UPDATE oms.orders o SET last_authorized_at = %(t)s FROM reauth r WHERE o.order_id = r.order_id",
-                    {"t": t})
+    reauthorized = cur.rowcount
+    cur.execute(f"{_create(stg, 'payment_reauth')} AS SELECT order_id FROM reauth")
+    if reauthorized:
         cur.execute("UPDATE bo_orders b SET last_auth = %(t)s FROM reauth r WHERE b.order_id = r.order_id", {"t": t})
 
 
@@ -249,13 +342,14 @@ def _refund_due_dates(cur, t: datetime, rules: Rules) -> tuple[list, list, list]
     return stores, dues, [d.isoformat() for d in dues]
 
 
-def _insert_requests(cur, t: datetime, rules: Rules, status: str) -> tuple[dict, int]:
-    """Build every payment request of T in one statement and insert the new ones: captures (per shipment request of
+def _build_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
+    """Build every payment request of T in one statement into payment_requests (_create: staging or temporary), with
+    its body as jsonb (_insert_requests inserts the new ones): captures (per shipment request of
     T where the method captures partially, else one per order with nothing left to ship), refunds (per cancellation
     row of T), re-authorizations (the reauth table). Ids are 'PR-' + the first 20 hex digits of the SHA-256 of the
     idempotency key (payment_request_id); amounts are the shares with the currency's digits, as text in the body.
 
-    Returns (requests built per kind, rows inserted)."""
+    Returns the requests built per kind."""
     cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'oms' "
                 "AND table_name = 'line_cancellations' AND column_name = 'refund_due_at'")
     due_col = "c.refund_due_at" if cur.fetchone() else "NULL::timestamptz"
@@ -268,6 +362,7 @@ def _insert_requests(cur, t: datetime, rules: Rules, status: str) -> tuple[dict,
             "'payment_method', i.payment_method, 'payment_reference', i.payment_reference, 'gateway_id', i.gateway_id, "
             "'transaction_id', i.transaction_id, 'requested_at', %(t_iso)s, 'due_at', i.due_iso, 'reason', i.reason")
     cur.execute(f"""
+        {_create(stg, 'payment_requests')} AS
         WITH due AS (
             SELECT * FROM unnest(%(stores)s::text[], %(dues)s::timestamptz[], %(due_isos)s::text[]) AS d(store, due, iso)
         ),
@@ -333,45 +428,58 @@ def _insert_requests(cur, t: datetime, rules: Rules, status: str) -> tuple[dict,
                    b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id
             FROM reauth b
         ),
-        ids AS MATERIALIZED (
+        ids AS (
             SELECT 'PR-' || substr(encode(sha256(convert_to(req.key, 'UTF8')), 'hex'), 1, 20) AS id, req.*
             FROM req
-        ),
-        ins AS (
-            INSERT INTO oms.payment_requests (payment_request_id, idempotency_key, order_id, shipment_request_id,
-                line_id, kind, amount, tax_amount, currency, payment_method, due_at, created_at, status, reason, body)
-            SELECT i.id, i.key, i.order_id, i.shipment_request_id, i.line_id, i.kind, i.amount, i.tax, i.currency,
-                   i.payment_method, i.due_at, %(t)s, %(status)s, i.reason,
-                   CASE i.kind
-                       WHEN 'CAPTURE' THEN json_build_object({base}, 'shipment_request_id', i.shipment_request_id,
-                                                             'lines', i.lines)
-                       WHEN 'REFUND' THEN json_build_object({base}, 'line_id', i.line_id, 'lines', i.lines)
-                       ELSE json_build_object({base}) END::jsonb
-            FROM ids i
-            ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING 1
         )
-        SELECT kind, count(*) FROM ids GROUP BY kind
-        UNION ALL SELECT '', count(*) FROM ins""",
-                {"t": t, "t_iso": t.isoformat(), "status": status, "stores": stores, "dues": dues,
-                 "due_isos": due_isos})
-    counts = dict(cur.fetchall())
-    inserted = counts.pop("", 0)
-    return counts, inserted
+        SELECT i.id AS payment_request_id, i.key AS idempotency_key, i.order_id, i.shipment_request_id, i.line_id,
+               i.kind, i.amount, i.tax AS tax_amount, i.currency, i.payment_method, i.due_at, i.reason,
+               CASE i.kind
+                   WHEN 'CAPTURE' THEN json_build_object({base}, 'shipment_request_id', i.shipment_request_id,
+                                                         'lines', i.lines)
+                   WHEN 'REFUND' THEN json_build_object({base}, 'line_id', i.line_id, 'lines', i.lines)
+                   ELSE json_build_object({base}) END::jsonb AS body
+        FROM ids i""",
+                {"t": t, "t_iso": t.isoformat(), "stores": stores, "dues": dues, "due_isos": due_isos})
+    cur.execute(f"SELECT kind, count(*) FROM {stg or 'pg_temp'}.payment_requests GROUP BY kind")
+    return dict(cur.fetchall())
 
 
-def _authorization_exceptions(cur, t: datetime) -> tuple[int, int]:
-    """AUTHORIZATION_EXPIRED (severity high): an order with open backorder quantity whose last authorization's
-    validity ended before T and was not renewed in this run (authorization_validity_days shorter than
-    reauth_interval_days, or a failed re-authorization). One exception per lapsed authorization; it closes by itself
-    in the run that renews the authorization or leaves the order without backorders."""
+def _insert_requests(cur, t: datetime, status: str, src: str) -> tuple[dict, int]:
+    """Insert the requests of src.payment_requests (the staging schema, or pg_temp) that are not in the outbox yet
+    (ON CONFLICT (idempotency_key) DO NOTHING) with the status, and set last_authorized_at of the orders of
+    src.payment_reauth. Returns (requests built per kind, rows inserted)."""
+    cur.execute(f"UPDATE oms.orders o SET last_authorized_at = %(t)s FROM {src}.payment_reauth r "
+                "WHERE o.order_id = r.order_id", {"t": t})
     cur.execute(f"""
-        CREATE TEMP TABLE lapsed ON COMMIT DROP AS
+        INSERT INTO oms.payment_requests (payment_request_id, idempotency_key, order_id, shipment_request_id,
+            line_id, kind, amount, tax_amount, currency, payment_method, due_at, created_at, status, reason, body)
+        SELECT payment_request_id, idempotency_key, order_id, shipment_request_id, line_id, kind, amount, tax_amount,
+               currency, payment_method, due_at, %(t)s, %(status)s, reason, body
+        FROM {src}.payment_requests
+        ON CONFLICT (idempotency_key) DO NOTHING""", {"t": t, "status": status})
+    inserted = cur.rowcount
+    cur.execute(f"SELECT kind, count(*) FROM {src}.payment_requests GROUP BY kind")
+    return dict(cur.fetchall()), inserted
+
+
+def _lapsed_authorizations(cur, t: datetime, stg: str | None) -> None:
+    """payment_lapsed (_create: staging or temporary): the orders with open backorder quantity whose last
+    authorization's validity ended before T and was not renewed in this run."""
+    cur.execute(f"""
+        {_create(stg, 'payment_lapsed')} AS
         SELECT order_id, payment_method, last_auth, authorization_validity_days, reauth_interval_days,
                last_auth + make_interval(days => authorization_validity_days) AS expired_at,
                'AUTHORIZATION_EXPIRED:' || order_id || ':' || to_char(last_auth AT TIME ZONE 'UTC', {_ISO}) AS cause_key
         FROM bo_orders
         WHERE last_auth + make_interval(days => authorization_validity_days) < %(t)s""", {"t": t})
+
+
+def _authorization_exceptions(cur, t: datetime, src: str) -> tuple[int, int]:
+    """AUTHORIZATION_EXPIRED (severity high): an order with open backorder quantity whose last authorization's
+    validity ended before T and was not renewed in this run (authorization_validity_days shorter than
+    reauth_interval_days, or a failed re-authorization). One exception per lapsed authorization; it closes by itself
+    in the run that renews the authorization or leaves the order without backorders."""
     cur.execute(f"""
         INSERT INTO oms.exceptions (exception_id, order_id, line_id, kind, severity, opened_at, details, cause_key)
         SELECT 'EX-' || substr(md5(cause_key), 1, 16), order_id, NULL, 'AUTHORIZATION_EXPIRED', 'high', %(t)s,
@@ -380,68 +488,129 @@ def _authorization_exceptions(cur, t: datetime) -> tuple[int, int]:
                || authorization_validity_days || ' days) and was not renewed (re-authorization every '
                || reauth_interval_days || ' days); the order still has backorders',
                cause_key
-        FROM lapsed
+        FROM {src}.payment_lapsed
         ON CONFLICT (cause_key) DO NOTHING""", {"t": t})
     opened = cur.rowcount
-    cur.execute("""
+    cur.execute(f"""
         UPDATE oms.exceptions e SET closed_at = %(t)s
         WHERE e.kind = 'AUTHORIZATION_EXPIRED' AND e.closed_at IS NULL AND e.opened_at <= %(t)s
-          AND NOT EXISTS (SELECT 1 FROM lapsed l WHERE l.cause_key = e.cause_key)""", {"t": t})
+          AND NOT EXISTS (SELECT 1 FROM {src}.payment_lapsed l WHERE l.cause_key = e.cause_key)""", {"t": t})
     return opened, cur.rowcount
 
 
-def _shipment_messages(cur, t: datetime, status: str) -> int:
-    """One magento.logistics.warehouse_management.request_shipment message (JSON-RPC 2.0) per shipment request of T:
-    the request, the order's shipping method and ship-by date, the shipping address of its lines, and its lines."""
-    # the requests of T, and their orders, in temp tables with statistics: the tables' own statistics predate this
-    # run's rows (the planner would expect a handful and could join them to their lines by a nested loop over every
-    # line). Each order and its document are read by key, in key order (a join would read every order and document
-    # of the history), the document decompressed once per order: OFFSET 0 keeps the planner from repeating expressions
-    cur.execute("""
-        CREATE TEMP TABLE sr ON COMMIT DROP AS
-        SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
-        FROM oms.shipment_requests r
-        WHERE r.requested_at = %(t)s
-          AND NOT EXISTS (SELECT 1 FROM oms.shipment_messages m
-                          WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id)
-        ORDER BY r.shipment_request_id;     -- key order: the lookups of its lines walk the index in order
-        ANALYZE sr;
-        CREATE TEMP TABLE so ON COMMIT DROP AS
-        SELECT k.order_id, o.store, o.shipping_method, o.ship_by_date,
-               CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
-               CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
-        FROM (SELECT DISTINCT order_id FROM sr ORDER BY 1) k
-        CROSS JOIN LATERAL (SELECT o.store, o.shipping_method, o.ship_by_date FROM oms.orders o
-                            WHERE o.order_id = k.order_id OFFSET 0) o
-        CROSS JOIN LATERAL (SELECT d.raw_order -> 'addresses' AS addresses, d.raw_order -> 'lines' AS lines
-                            FROM oms.order_documents d WHERE d.order_id = k.order_id OFFSET 0) r;
-        ALTER TABLE so ADD PRIMARY KEY (order_id);
-        ANALYZE so (order_id)""", {"t": t})
+def _build_shipment_messages(cur, t: datetime, stg: str | None, from_staging: bool) -> int:
+    """One magento.logistics.warehouse_management.request_shipment message (JSON-RPC 2.0) per shipment request of T,
+    into shipment_messages (_create: the staging schema stg, or with stg None a temporary table): the request, the
+    order's shipping method and ship-by date, the shipping address of its lines, and its lines. Returns their number.
+
+    from_staging: the requests are the run's new ones as prepare_publish staged them ({stg}.new_shipments and
+    {stg}.allocations, the rows publish writes), and the orders, documents and lines the run created are read from
+    staging, the others from oms (before publish has written the run). Otherwise the requests are those of T that
+    publish wrote and have no message yet, read from oms. The messages are the same either way."""
+    # sr (the requests), srl (their lines, with their order lines' number and product name) and so (their orders, with
+    # the addresses and lines of the order documents) in temp tables with statistics: the tables' own statistics may
+    # predate this run's rows (the planner would expect a handful and could join them by a nested loop over every
+    # line). Orders, documents and lines are read by key, in key order (a join would read every order, document and
+    # line of the history), a document decompressed once per order: OFFSET 0 keeps the planner from repeating
+    # expressions. When from_staging, the run's own orders, documents and lines come from staging (a hash join of the
+    # run's few new ones) and only the others are looked up in oms (the lookup's one-time filter skips them).
+    if from_staging:
+        cur.execute(f"""
+            CREATE TEMP TABLE sr ON COMMIT DROP AS
+            SELECT 'SR-' || s.order_id || '-' || s.shipment_number AS shipment_request_id, s.order_id, s.source_code,
+                   s.shipment_number
+            FROM {stg}.new_shipments s
+            ORDER BY 1;
+            ANALYZE sr;
+            CREATE TEMP TABLE srl ON COMMIT DROP AS
+            SELECT k.shipment_request_id, k.order_id, k.line_id, k.sku, k.quantity, ol.line_number, ol.product_name
+            FROM (SELECT 'SR-' || s.order_id || '-' || s.shipment_number AS shipment_request_id, a.order_id, a.line_id,
+                         a.sku, a.qty AS quantity, n.line_number AS new_number, n.product_name AS new_name,
+                         n.line_id IS NOT NULL AS is_new
+                  FROM {stg}.allocations a JOIN {stg}.new_shipments s USING (order_id, source_code)
+                  LEFT JOIN {stg}.new_lines n ON n.order_id = a.order_id AND n.line_id = a.line_id
+                  ORDER BY a.order_id, a.line_id) k
+            CROSS JOIN LATERAL (
+                SELECT k.new_number AS line_number, k.new_name AS product_name WHERE k.is_new
+                UNION ALL
+                SELECT ol.line_number, ol.product_name FROM oms.order_lines ol
+                WHERE NOT k.is_new AND ol.order_id = k.order_id AND ol.line_id = k.line_id OFFSET 0) ol;
+            CREATE TEMP TABLE so ON COMMIT DROP AS
+            SELECT k.order_id, o.store, o.shipping_method, o.ship_by_date,
+                   CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
+                   CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
+            FROM (SELECT k.order_id, n.store AS new_store, n.shipping_method AS new_method,
+                         n.ship_by_date AS new_ship_by, n.order_id IS NOT NULL AS is_new, d.raw_order AS new_doc,
+                         d.order_id IS NOT NULL AS new_doc_found
+                  FROM (SELECT DISTINCT order_id FROM sr) k
+                  LEFT JOIN {stg}.new_orders n ON n.order_id = k.order_id
+                  LEFT JOIN {stg}.new_order_documents d ON d.order_id = k.order_id
+                  ORDER BY 1) k
+            CROSS JOIN LATERAL (
+                SELECT k.new_store AS store, k.new_method AS shipping_method, k.new_ship_by AS ship_by_date
+                WHERE k.is_new
+                UNION ALL
+                SELECT o.store, o.shipping_method, o.ship_by_date FROM oms.orders o
+                WHERE NOT k.is_new AND o.order_id = k.order_id OFFSET 0) o
+            CROSS JOIN LATERAL (
+                SELECT k.new_doc -> 'addresses' AS addresses, k.new_doc -> 'lines' AS lines WHERE k.new_doc_found
+                UNION ALL
+                SELECT d.raw_order -> 'addresses', d.raw_order -> 'lines' FROM oms.order_documents d
+                WHERE NOT k.new_doc_found AND d.order_id = k.order_id OFFSET 0) r;
+            ALTER TABLE so ADD PRIMARY KEY (order_id);
+            ANALYZE so (order_id); ANALYZE srl""")
+    else:
+        cur.execute("""
+            CREATE TEMP TABLE sr ON COMMIT DROP AS
+            SELECT r.shipment_request_id, r.order_id, r.source_code, r.shipment_number
+            FROM oms.shipment_requests r
+            WHERE r.requested_at = %(t)s
+              AND NOT EXISTS (SELECT 1 FROM oms.shipment_messages m
+                              WHERE m.idempotency_key = 'REQUEST_SHIPMENT/' || r.shipment_request_id)
+            ORDER BY r.shipment_request_id;     -- key order: the lookups of its lines walk the index in order
+            ANALYZE sr;
+            CREATE TEMP TABLE srl ON COMMIT DROP AS
+            SELECT sr.shipment_request_id, l.order_id, l.line_id, l.sku, l.quantity, ol.line_number, ol.product_name
+            FROM sr
+            CROSS JOIN LATERAL (SELECT l.order_id, l.line_id, l.sku, l.quantity FROM oms.shipment_request_lines l
+                                WHERE l.shipment_request_id = sr.shipment_request_id OFFSET 0) l
+            CROSS JOIN LATERAL (SELECT ol.line_number, ol.product_name FROM oms.order_lines ol
+                                WHERE ol.order_id = l.order_id AND ol.line_id = l.line_id OFFSET 0) ol;
+            CREATE TEMP TABLE so ON COMMIT DROP AS
+            SELECT k.order_id, o.store, o.shipping_method, o.ship_by_date,
+                   CASE WHEN jsonb_typeof(r.addresses) = 'array' THEN r.addresses ELSE '[]'::jsonb END AS addresses,
+                   CASE WHEN jsonb_typeof(r.lines) = 'array' THEN r.lines ELSE '[]'::jsonb END AS raw_lines
+            FROM (SELECT DISTINCT order_id FROM sr ORDER BY 1) k
+            CROSS JOIN LATERAL (SELECT o.store, o.shipping_method, o.ship_by_date FROM oms.orders o
+                                WHERE o.order_id = k.order_id OFFSET 0) o
+            CROSS JOIN LATERAL (SELECT d.raw_order -> 'addresses' AS addresses, d.raw_order -> 'lines' AS lines
+                                FROM oms.order_documents d WHERE d.order_id = k.order_id OFFSET 0) r;
+            ALTER TABLE so ADD PRIMARY KEY (order_id);
+            ANALYZE so (order_id); ANALYZE srl""", {"t": t})
+    if stg:
+        cur.execute(f"DROP TABLE IF EXISTS {stg}.{SHIPMENT_MESSAGES_PREPARED}, {stg}.shipment_messages")
     cur.execute(f"""
+        {_create(stg, 'shipment_messages')} AS
         WITH
-        -- the body is built and stored as json (text), as sent: nested jsonb_build_object calls would re-serialize
-        -- the lines at every level. Each request's lines, and their order lines, are read by key: a join would read
-        -- every request line and order line of the history.
+        -- the body is built and stored as json (text), as sent: nested jsonb_build_object calls would re-serialize the
+        -- lines at every level
+        ln AS (
+            SELECT l.shipment_request_id,
+                   json_agg(json_build_object('line_id', l.line_id, 'line_number', l.line_number, 'sku', l.sku,
+                                              'product_name', l.product_name, 'quantity', l.quantity)
+                            ORDER BY l.line_number) AS lines,
+                   (array_agg(l.line_id ORDER BY l.line_number))[1] AS first_line
+            FROM srl l GROUP BY l.shipment_request_id
+        ),
         x AS MATERIALIZED (
             SELECT sr.*, ln.lines, o.store, o.shipping_method, o.ship_by_date, o.addresses,
                    (SELECT e ->> 'shipping_address_reference' FROM jsonb_array_elements(o.raw_lines) e
                     WHERE e ->> 'id' = ln.first_line LIMIT 1) AS addr_ref
-            FROM sr
-            CROSS JOIN LATERAL (
-                SELECT json_agg(json_build_object('line_id', l.line_id, 'line_number', ol.line_number, 'sku', l.sku,
-                                                  'product_name', ol.product_name, 'quantity', l.quantity)
-                                ORDER BY ol.line_number) AS lines,
-                       (array_agg(l.line_id ORDER BY ol.line_number))[1] AS first_line
-                FROM oms.shipment_request_lines l
-                CROSS JOIN LATERAL (SELECT ol.line_number, ol.product_name FROM oms.order_lines ol
-                                    WHERE ol.order_id = l.order_id AND ol.line_id = l.line_id OFFSET 0) ol
-                WHERE l.shipment_request_id = sr.shipment_request_id) ln
+            FROM sr LEFT JOIN ln USING (shipment_request_id)
             JOIN so o ON o.order_id = sr.order_id
         )
-        INSERT INTO oms.shipment_messages (message_id, idempotency_key, shipment_request_id, order_id, source_code,
-                                           created_at, body, file_name, status)
-        SELECT 'SM-' || x.shipment_request_id, 'REQUEST_SHIPMENT/' || x.shipment_request_id, x.shipment_request_id,
-               x.order_id, x.source_code, %(t)s,
+        SELECT 'SM-' || x.shipment_request_id AS message_id, 'REQUEST_SHIPMENT/' || x.shipment_request_id AS idempotency_key,
+               x.shipment_request_id, x.order_id, x.source_code,
                json_build_object(
                    'jsonrpc', '2.0', 'id', 'SM-' || x.shipment_request_id, 'method', %(method)s,
                    'params', json_build_object('shipment_request', json_build_object(
@@ -455,9 +624,22 @@ def _shipment_messages(cur, t: datetime, status: str) -> int:
                            ORDER BY coalesce(x.addr_ref IS NOT NULL AND a ->> 'reference' = x.addr_ref, false) DESC,
                                     coalesce(lower(a ->> 'address_type') = 'shipping', false) DESC, n
                            LIMIT 1),
-                       'lines', x.lines))),
-               regexp_replace(x.shipment_request_id, '[^A-Za-z0-9._-]', '_', 'g') || '.json', %(status)s
+                       'lines', x.lines))) AS body,
+               regexp_replace(x.shipment_request_id, '[^A-Za-z0-9._-]', '_', 'g') || '.json' AS file_name
         FROM x
-        ORDER BY x.shipment_request_id          -- key order: the indexes take the rows page by page
-        ON CONFLICT (idempotency_key) DO NOTHING""", {"t": t, "method": REQUEST_SHIPMENT, "status": status})
+        ORDER BY x.shipment_request_id          -- key order: the outbox's indexes take the rows page by page""",
+                {"t": t, "method": REQUEST_SHIPMENT})
+    return cur.rowcount
+
+
+def _insert_shipment_messages(cur, t: datetime, status: str, src: str) -> int:
+    """Insert the messages of src.shipment_messages (the staging schema, or pg_temp) that are not in the outbox yet."""
+    cur.execute(f"""
+        INSERT INTO oms.shipment_messages (message_id, idempotency_key, shipment_request_id, order_id, source_code,
+                                           created_at, body, file_name, status)
+        SELECT message_id, idempotency_key, shipment_request_id, order_id, source_code, %(t)s, body, file_name,
+               %(status)s
+        FROM {src}.shipment_messages
+        ORDER BY shipment_request_id
+        ON CONFLICT (idempotency_key) DO NOTHING""", {"t": t, "status": status})
     return cur.rowcount

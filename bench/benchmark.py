@@ -55,7 +55,7 @@ def stage_group(name: str) -> str:
         return "checks"
     if name.startswith("allocate") or name in ("prepare_allocation", "list_pools"):
         return "allocate"
-    if name == "publish":
+    if name in ("publish", "prepare_publish"):
         return "load"
     if name in ("finish", "finish_run"):
         return "report"

@@ -24,9 +24,10 @@ lines get stock, which wait as backorders, which are held or cancelled, and publ
 | **check_extract** | data-quality gate (Great Expectations on PostgreSQL, `include/rules/checks.yaml`) on the staged input: types, required fields, ranges, unique ids, stock not negative, dates not after T, nothing lost; a blocking failure stops the run before anything is published |
 | **allocate** | one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
 | **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits |
-| **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction; then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`) and `oms.storefront_availability` (`refresh_storefront`) |
+| **prepare_publish** | beside the allocation gate: the new shipment requests' numbers, the lines the run touches and their new quantities, prepared in staging so that `publish` only writes (reads `oms`, writes nothing there) |
+| **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction (beside it, the run's shipment messages are built in staging: `prepare_shipment_messages`); then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`), `oms.storefront_availability` (`refresh_storefront`) and the run's payment requests, built in staging (`prepare_payment_requests`) |
 | **check_load** | data-quality gate on what `publish` wrote (it runs right after it): every staged row published, keys consistent, counts equal, nothing lost; a blocking failure stops the side effects |
-| **side_effects** | three tasks side by side: customer emails in the `oms.notifications` outbox, captures, refunds and re-authorizations in `oms.payment_requests`, request_shipment messages in `oms.shipment_messages` (idempotency keys: never twice) |
+| **side_effects** | three tasks side by side: customer emails in the `oms.notifications` outbox, captures, refunds and re-authorizations in `oms.payment_requests`, request_shipment messages in `oms.shipment_messages` (idempotency keys: never twice); the last two copy what `load` built in staging, so nothing reaches an outbox before the load gate has passed |
 | **report** | records the run's figures in `oms.pipeline_runs` and drops the run's staging schema |
 | **deliver** | sends the emails through `backorders_smtp`, posts the payment requests to `backorders_payments`, writes the shipment messages to the configured folder; temporary failures are retried with backoff (`include/rules/outbox.yaml`). A run whose T is older than the delivery window (a backfill) delivers nothing |
 
@@ -45,7 +46,8 @@ LOCK_RESCHEDULE_SECONDS = 60
 NOTE_KEY = "run_note"           # XCom that plugins/backorders_ui/run_notes.py copies into the run's note
 
 STAGE_TASKS = ["extract.load_files", "extract.extract_orders", "extract.stage_cancellations", "extract.stage_on_hand",
-               "extract.extract_stock", "load.publish", "load.apply_after_publish", "load.refresh_storefront",
+               "extract.extract_stock", "prepare_publish", "load.publish", "load.prepare_shipment_messages",
+               "load.apply_after_publish", "load.refresh_storefront", "load.prepare_payment_requests",
                "side_effects.queue_notifications", "side_effects.queue_payment_requests",
                "side_effects.queue_shipment_messages"]
 
@@ -289,14 +291,36 @@ def backorder_cycle():
         return _gate("check_allocation")
 
     @task
+    def prepare_publish() -> dict:
+        """What publish needs that the staged run determines, prepared beside the allocation gate (reads oms)."""
+        from backorders.cycle import prepare_publish as stage
+
+        return stage(_db_url(), _run_time())
+
+    @task
     def check_load() -> list:
         return _gate("check_load")
 
-    @task_group(tooltip="Publish the run in one transaction; then the lifecycle and the storefront")
+    @task_group(tooltip="Publish the run in one transaction; then the lifecycle and the storefront; the outbox rows "
+                        "built in staging (queued only after the load gate)")
     def load():
         @task
         def publish() -> dict:
             from backorders.cycle import publish as stage
+
+            return stage(_db_url(), _run_time())
+
+        @task
+        def prepare_shipment_messages() -> dict:
+            """The run's request_shipment messages built in staging beside publish (queued after the load gate)."""
+            from backorders.outbox import prepare_shipment_messages as stage
+
+            return stage(_db_url(), _run_time())
+
+        @task
+        def prepare_payment_requests() -> dict:
+            """The run's payment requests built in staging from what publish wrote (queued after the load gate)."""
+            from backorders.outbox import prepare_payment_requests as stage
 
             return stage(_db_url(), _run_time())
 
@@ -312,7 +336,8 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        publish() >> [apply_after_publish(), refresh_storefront()]
+        prepare_shipment_messages()     # beside publish: it reads the staged run, not what publish writes
+        publish() >> [apply_after_publish(), refresh_storefront(), prepare_payment_requests()]
 
     @task_group(tooltip="Outboxes: customer emails, payment requests, shipment messages")
     def side_effects():
@@ -385,7 +410,9 @@ def backorder_cycle():
         write_shipment_messages()
 
     loaded, load_gate = load(), check_load()
-    extract() >> check_extract() >> allocate() >> check_allocation() >> loaded
+    allocated = extract() >> check_extract() >> allocate()
+    # the allocation gate and the preparation of publish side by side: publish waits for both
+    allocated >> [check_allocation(), prepare_publish()] >> loaded
     # the load gate checks what publish wrote, next to the lifecycle and the storefront; the side effects wait for all
     loaded.get_child_by_label("publish") >> load_gate
     [loaded, load_gate] >> side_effects() >> report() >> deliver()

@@ -179,6 +179,50 @@ def test_a_backlog_in_chunks_ends_in_the_tables_of_one_chunk(pg_admin_url, monke
     assert snapshots[0] == snapshots[1]
 
 
+def test_publish_prepares_again_what_a_later_allocation_made_stale(pg_admin_url, monkeypatch, caplog):
+    """prepare_publish stages, beside the allocation gate, what publish needs (new shipment requests, touched lines,
+    derived quantities); a pool allocated after it drops its marker, and publish then prepares everything again in its
+    own transaction. Here the prepared tables are spoiled after prepare_publish and a pool is allocated again: three
+    runs of demo days end in exactly the tables of the runs that used what prepare_publish left."""
+    import logging
+
+    from backorders import db, demo_data, schema
+    from backorders.cli import DEMO_START
+    from tests.conftest import scratch_database
+
+    data = demo_data.generate_demo(400, seed=11, start=DEMO_START, days=2)
+    real_prepare = cycle.prepare_publish
+    spoiled = []
+
+    def prepare_then_allocate_again(url, t):
+        figures = real_prepare(url, t)
+        stg = cycle.staging_schema(cycle.as_run_time(t))
+        with db.transaction(url) as conn, conn.cursor() as cur:
+            cur.execute(f"DELETE FROM {stg}.touched; DELETE FROM {stg}.derived; "
+                        f"UPDATE {stg}.new_shipments SET shipment_number = shipment_number + 7")
+            spoiled.append(cur.rowcount)
+        cycle.allocate(url, t, cycle.list_pools(url, t)[0])
+        return figures
+
+    snapshots, said = [], []
+    for spoil in (False, True):
+        if spoil:
+            monkeypatch.setattr(cycle, "prepare_publish", prepare_then_allocate_again)
+        with scratch_database(pg_admin_url, f"prepared_{spoil}") as url:
+            schema.upgrade(url)
+            with db.transaction(url) as conn:
+                demo_data.write_landing(conn, data)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="backorders"):
+                runs = [cycle.run_cycle(url, t) for t in (T1, T2, "2026-03-03T14:00:00Z")]
+            said.append(sum("not prepared beforehand" in r.getMessage() for r in caplog.records))
+            assert all(r["seconds"].get("prepare_publish") is not None for r in runs)
+            assert sum(r["shipment_requests"] for r in runs) > 20, runs
+            snapshots.append(snapshot_oms(url))
+    assert said == [0, 3] and all(n > 0 for n in spoiled), (said, spoiled)
+    assert snapshots[0] == snapshots[1]
+
+
 def test_unlisted_store_uses_the_defaults(landing, migrated_url):
     landing.message(order_message("X1", store="MARS_WEB", lines=[("SKU-X", 1, None)]), "2026-03-02T01:00:00Z")
     s = cycle.run_cycle(migrated_url, T1)

@@ -53,9 +53,15 @@ def test_backorder_cycle_shape(dagbag):
     assert dag.get_task("extract.stage_on_hand").upstream_task_ids == {"extract.open_run"}
     assert dag.get_task("extract.extract_stock").upstream_task_ids == {"extract.stage_cancellations",
                                                                         "extract.stage_on_hand"}
+    # the allocation gate and the preparation of publish side by side, after the last pool; publish waits for both
+    assert dag.get_task("prepare_publish").upstream_task_ids == {"allocate.allocate_pool"}
+    assert dag.get_task("load.publish").upstream_task_ids == {"check_allocation", "prepare_publish"}
     # after publish, side by side: the lifecycle, the storefront and the load gate (which checks what publish wrote)
-    after = {"load.apply_after_publish", "load.refresh_storefront", "check_load"}
+    after = {"load.apply_after_publish", "load.refresh_storefront", "check_load", "load.prepare_payment_requests"}
     assert dag.get_task("load.publish").downstream_task_ids == after
+    # the shipment messages are built beside publish (from the staged run); both outboxes' rows only in staging
+    assert dag.get_task("load.prepare_shipment_messages").upstream_task_ids == {"check_allocation", "prepare_publish"}
+    after = after | {"load.prepare_shipment_messages"}
     # nothing is queued for delivery before the load gate, the lifecycle and the storefront have ended; the three
     # outboxes are queued side by side
     effects = {"side_effects.queue_notifications", "side_effects.queue_payment_requests",

@@ -503,3 +503,42 @@ methods: {CARD: {reauth_interval_days: 2, authorization_validity_days: 2}, INVOI
                       {"line_id": "K-2", "line_number": 2, "sku": "SKU-K-2", "product_name": "Product K-2",
                        "quantity": 1}]}}},)]
     assert queue(url, t, rules)["payment_requests_inserted"] == 0         # the same run again: nothing new
+
+
+def test_the_outbox_rows_built_ahead_are_those_built_after_the_gate(pg_admin_url, tmp_path, monkeypatch):
+    """prepare_shipment_messages (beside publish, from the staged run) and prepare_payment_requests (after publish,
+    beside the load gate) build the outbox rows in staging, and the queue stages only copy them; without them the
+    queue stages build the rows themselves from what publish wrote. Demo days with a re-authorization and a lapsed
+    authorization end in exactly the same tables either way."""
+    from backorders import cycle, demo_data, schema
+    from backorders.cli import DEMO_START
+    from tests.conftest import scratch_database
+
+    with pytest.warns(RulesWarning):        # PAYPAL: an authorization that lapses before it is renewed
+        rules = rules_with(tmp_path, payment_methods="defaults: {reauthorize: true, reauth_interval_days: 7, "
+                           "authorization_validity_days: 7, partial_capture: true}\nmethods:\n"
+                           "  PAYPAL: {authorization_validity_days: 5, reauth_interval_days: 10}\n"
+                           "  GIFT_CARD: {reauthorize: false, partial_capture: false}\n")
+    data = demo_data.generate_demo(400, seed=3, start=DEMO_START, days=2)
+    snapshots, prepared = [], []
+    for ahead in (True, False):
+        if not ahead:
+            monkeypatch.setattr(outbox, "prepare_shipment_messages", lambda url, t, rules=None: {})
+            monkeypatch.setattr(outbox, "prepare_payment_requests", lambda url, t, rules=None: {})
+        with scratch_database(pg_admin_url, f"outbox_ahead_{ahead}") as url:
+            schema.upgrade(url)
+            with db.transaction(url) as conn:
+                demo_data.write_landing(conn, data)
+            for t in ("2026-03-02T06:00:00Z", "2026-03-02T14:00:00Z", "2026-03-03T14:00:00Z", "2026-03-09T14:00:00Z"):
+                s = cycle.run_cycle(url, t, rules=rules, keep_staging=True)
+                stg = cycle.staging_schema(cycle.as_run_time(t))
+                prepared.append(table_rows(url, f"SELECT to_regclass('{stg}.payment_requests_prepared') IS NOT NULL, "
+                                                f"to_regclass('{stg}.shipment_messages_prepared') IS NOT NULL")[0])
+            snapshots.append(snapshot_oms(url))
+            made = dict(table_rows(url, "SELECT kind, count(*) FROM oms.payment_requests GROUP BY 1 UNION ALL "
+                                        "SELECT kind, count(*) FROM oms.exceptions GROUP BY 1 UNION ALL "
+                                        "SELECT 'MESSAGES', count(*) FROM oms.shipment_messages"))
+    assert prepared == [(True, True)] * 4 + [(False, False)] * 4, prepared
+    assert min(made.get(k, 0) for k in ("CAPTURE", "REFUND", "REAUTHORIZE", "AUTHORIZATION_EXPIRED")) > 0, made
+    assert made["MESSAGES"] > 20, made
+    assert snapshots[0] == snapshots[1]

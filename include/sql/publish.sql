@@ -1,4 +1,6 @@
 -- Publish run T from its staging schema {stg} (called inside one transaction together with refresh_lines and exceptions).
+-- The new shipment requests' numbers ({stg}.new_shipments) and the lines the run touches ({stg}.touched) were prepared
+-- before, beside the allocation gate (prepare_publish.sql): here the run's rows are only written.
 -- New orders go to oms.orders, and their documents (params.order as received) to oms.order_documents.
 -- Rows are inserted in key order: each index and each reference lookup then walks its pages in order rather than at
 -- random (a quarter less time for the attempts at 200k lines, more as the tables outgrow the cache).
@@ -19,16 +21,6 @@ UPDATE oms.shipment_requests r
 SET status = 'SHIPPED', shipped_at = c.shipped_at, shipped_run_at = %(t)s
 FROM {stg}.confirmations c
 WHERE r.shipment_request_id = c.shipment_request_id;
-
--- one new shipment request per order and source, numbered after the order's earlier ones in source priority order
-CREATE TABLE {stg}.new_shipments AS
-SELECT a.order_id, a.source_code,
-       d.shipments_used + dense_rank() OVER (PARTITION BY a.order_id
-                                            ORDER BY array_position(c.sources, a.source_code), a.source_code)
-           AS shipment_number
-FROM (SELECT DISTINCT order_id, source_code FROM {stg}.allocations) a
-JOIN (SELECT DISTINCT order_id, store, shipments_used FROM {stg}.demand) d USING (order_id)
-JOIN {stg}.channels c ON c.store = d.store;
 
 -- the inserts with foreign keys (the tables of cycle.REFERENCING_TABLES, and nothing else, between the two set_config)
 CREATE TABLE {stg}.publish_orphans (reference text, orphans bigint, example text);
@@ -98,17 +90,3 @@ SELECT 'backorder_attempts -> order_lines', count(*), min(order_id || ' line ' |
 WHERE NOT EXISTS (SELECT 1 FROM oms.order_lines l WHERE l.order_id = ins.order_id AND l.line_id = ins.line_id);
 
 SELECT set_config('session_replication_role', 'origin', true) WHERE %(set_based_references)s;
-
--- the lines whose quantities, status or labels may change: refresh_lines recomputes them from the events. A waiting
--- line that the run leaves exactly as it was (nothing allocated or cancelled, the same held and backordered split and
--- the same reason) is skipped: its recomputation would give its current values (its new attempt repeats the last one),
--- so the cost follows the lines that change rather than every waiting line.
-CREATE TABLE {stg}.touched AS
-SELECT d.order_id, d.line_id FROM {stg}.demand d JOIN {stg}.line_results r USING (order_id, line_id)
-WHERE d.is_new OR r.qty_allocated <> 0 OR r.qty_cancelled <> 0 OR r.qty_held <> d.cur_held
-   OR r.qty_backordered <> d.cur_backordered OR nullif(r.reason, '') IS DISTINCT FROM d.cur_wait_reason
-UNION
-SELECT l.order_id, l.line_id FROM oms.shipment_request_lines l JOIN {stg}.confirmations c USING (shipment_request_id)
-UNION
-SELECT order_id, line_id FROM {stg}.cancellations;
-ANALYZE {stg}.touched;
