@@ -616,6 +616,18 @@ REFERENCING_TABLES = ("oms.order_documents", "oms.order_lines", "oms.shipment_re
 PUBLISH_PREPARED = "publish_prepared"
 
 
+def is_prepared(cur, stg: str, marker: str) -> bool:
+    """Whether the marker table of a preparation (PUBLISH_PREPARED, outbox.PREPARED_MARKERS) is in staging schema stg
+    (False when the schema itself is not there)."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{stg}.{marker}",))
+    return cur.fetchone()[0]
+
+
+def mark_prepared(cur, stg: str, marker: str, t) -> None:
+    """Write a preparation's marker table, last in its transaction."""
+    cur.execute(f"CREATE TABLE {stg}.{marker} AS SELECT %s::timestamptz AS run_at", (t,))
+
+
 def prepare_publish(url: str, t) -> dict:
     """Prepare in staging what publish needs that the run's staged rows and the state before the run determine: the new
     shipment requests with their numbers, the lines the run touches, and the new quantities of those it can derive
@@ -669,8 +681,7 @@ def publish(url: str, t, set_based_references: bool = True) -> dict:
         run_lock.check_held(cur, t)
         started = time.perf_counter()
         cur.execute(f"DROP TABLE IF EXISTS {stg}.{outbox.PAYMENTS_PREPARED}")    # built from what publish writes
-        cur.execute("SELECT to_regclass(%s)", (f"{stg}.{PUBLISH_PREPARED}",))
-        if cur.fetchone()[0] is None:     # prepare_publish did not run, or a pool was allocated again since
+        if not is_prepared(cur, stg, PUBLISH_PREPARED):   # prepare_publish did not run, or a pool allocated again since
             log.info("publish %s: not prepared beforehand (prepare_publish): prepared now", t.isoformat())
             _prepare_publish(cur, stg, t)
         row_by_row = db.why_row_triggers_needed(cur, REFERENCING_TABLES) if set_based_references else "asked for"

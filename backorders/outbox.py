@@ -60,6 +60,9 @@ def _status(t: datetime, rules: Rules, now: datetime | None) -> tuple[bool, str]
     return deliverable, "PENDING" if deliverable else "SUPPRESSED"
 
 
+# the run's events, orders and bodies sort, hash and stay in memory (set first in a new session: temp_buffers can be)
+_BULK_SETTINGS = "SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'"
+
 # the marker tables of the prepared outbox rows in the run's staging schema, written last by the prepare_* stages:
 # the queue stages copy the prepared rows when their marker is there, and build them themselves when it is not
 PAYMENTS_PREPARED = "payment_requests_prepared"
@@ -73,23 +76,20 @@ def _stg(t: datetime) -> str:
     return staging_schema(t)
 
 
-def _prepared(cur, stg: str, marker: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{stg}.{marker}",))
-    return cur.fetchone()[0]
-
-
 def prepare_payment_requests(url: str, t, rules: Rules | None = None) -> dict:
     """Build the payment requests of run T (captures, refunds, re-authorizations, with their JSON bodies), the orders
     to re-authorize and the lapsed authorizations into the run's staging schema, from what publish wrote. Writes
     nothing in oms and queues nothing: it runs after publish, beside the lifecycle, the storefront and the load gate,
     and queue_payment_requests, after the gate, only copies the rows into the outbox."""
+    from backorders.cycle import mark_prepared
+
     t = _run_time(t)
     rules = rules or load_rules()
     stg = _stg(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
-        cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
+        cur.execute(_BULK_SETTINGS)
         built = _build_payment_requests(cur, t, rules, stg)
-        cur.execute(f"CREATE TABLE {stg}.{PAYMENTS_PREPARED} AS SELECT %s::timestamptz AS run_at", (t,))
+        mark_prepared(cur, stg, PAYMENTS_PREPARED, t)
     log.info("prepared the payment requests of %s: %s", t.isoformat(), built)
     return {"payment_requests_built": built}
 
@@ -99,14 +99,15 @@ def queue_payment_requests(url: str, t, rules: Rules | None = None, now: datetim
     exceptions. Rows are PENDING, or SUPPRESSED when T is older than the delivery window. One transaction,
     set-based: the requests prepare_payment_requests built (or, when it did not run, built here first, the same way)
     are inserted, the re-authorized orders' last_authorized_at set, the lapsed authorizations' exceptions opened."""
+    from backorders.cycle import is_prepared
+
     t = _run_time(t)
     rules = rules or load_rules()
     deliverable, status = _status(t, rules, now)
     with db.transaction(url) as conn, conn.cursor() as cur:
-        # the run's events, orders and bodies sort, hash and stay in memory (a new session: temp_buffers can be set)
-        cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
-        stg = _stg(t) if _staging_exists(cur, t) else None
-        prepared = stg is not None and _prepared(cur, stg, PAYMENTS_PREPARED)
+        cur.execute(_BULK_SETTINGS)
+        stg = _stg(t)
+        prepared = is_prepared(cur, stg, PAYMENTS_PREPARED)
         if not prepared:
             _build_payment_requests(cur, t, rules, None)
         src = stg if prepared else "pg_temp"
@@ -121,15 +122,10 @@ def queue_payment_requests(url: str, t, rules: Rules | None = None, now: datetim
     return figures
 
 
-def _staging_exists(cur, t: datetime) -> bool:
-    cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (_stg(t),))
-    return cur.fetchone()[0]
-
-
 def _build_payment_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
     """The requests of T into <schema>.payment_requests, the orders to re-authorize into <schema>.payment_reauth and
     the lapsed authorizations into <schema>.payment_lapsed: the run's staging schema stg, or, with stg None, the
-    session's temporary tables pay.* (pg_temp: dropped at commit). Returns the requests built per kind."""
+    session's temporary schema pg_temp (dropped at commit). Returns the requests built per kind."""
     if stg is not None:
         cur.execute(f"DROP TABLE IF EXISTS {stg}.{PAYMENTS_PREPARED}, {stg}.payment_requests, {stg}.payment_reauth, "
                     f"{stg}.payment_lapsed")
@@ -154,7 +150,7 @@ def prepare_shipment_messages(url: str, t, rules: Rules | None = None) -> dict:
     queue_shipment_messages, after the load gate, only copies the messages into the outbox. Skipped when
     prepare_publish's tables are not there (publish then prepares them itself) or outbox.yaml disables the messages:
     queue_shipment_messages then builds the messages from what publish wrote."""
-    from backorders.cycle import PUBLISH_PREPARED
+    from backorders.cycle import PUBLISH_PREPARED, is_prepared, mark_prepared
 
     t = _run_time(t)
     rules = rules or load_rules()
@@ -162,10 +158,10 @@ def prepare_shipment_messages(url: str, t, rules: Rules | None = None) -> dict:
     messages = None
     if rules.outbox.shipment_messages.enabled:
         with db.transaction(url) as conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
-            if _prepared(cur, stg, PUBLISH_PREPARED):
+            cur.execute(_BULK_SETTINGS)
+            if is_prepared(cur, stg, PUBLISH_PREPARED):
                 messages = _build_shipment_messages(cur, t, stg, from_staging=True)
-                cur.execute(f"CREATE TABLE {stg}.{SHIPMENT_MESSAGES_PREPARED} AS SELECT %s::timestamptz AS run_at", (t,))
+                mark_prepared(cur, stg, SHIPMENT_MESSAGES_PREPARED, t)
     log.info("prepared the shipment messages of %s: %s", t.isoformat(),
              "skipped" if messages is None else f"{messages} messages")
     return {"shipment_messages_built": messages}
@@ -176,15 +172,17 @@ def queue_shipment_messages(url: str, t, rules: Rules | None = None, now: dateti
     PENDING, or SUPPRESSED when T is older than the delivery window. One transaction: the messages
     prepare_shipment_messages built are inserted (or, when it did not run, they are built here first from the shipment
     requests publish wrote). Independent of queue_payment_requests: the two run at the same time."""
+    from backorders.cycle import is_prepared
+
     t = _run_time(t)
     rules = rules or load_rules()
     deliverable, status = _status(t, rules, now)
     messages, prepared = 0, False
     if rules.outbox.shipment_messages.enabled:
         with db.transaction(url) as conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'")
-            stg = _stg(t) if _staging_exists(cur, t) else None
-            prepared = stg is not None and _prepared(cur, stg, SHIPMENT_MESSAGES_PREPARED)
+            cur.execute(_BULK_SETTINGS)
+            stg = _stg(t)
+            prepared = is_prepared(cur, stg, SHIPMENT_MESSAGES_PREPARED)
             if not prepared:
                 _build_shipment_messages(cur, t, None, from_staging=False)
             messages = _insert_shipment_messages(cur, t, status, stg if prepared else "pg_temp")
