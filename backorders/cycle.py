@@ -435,16 +435,33 @@ def _stage_on_hand(cur, stg: str, t: datetime, rules: Rules) -> None:
     cur.execute(_sql("stage_on_hand", stg), {"t": t, "sources": sorted(rules.sources)})
 
 
+def stage_open_lines(url: str, t) -> dict:
+    """Stage the lines of earlier runs that wait (backordered or held quantity) with their orders' store, priority and
+    origin date, pool and shipments so far ({stg}.open_lines): the part of the demand that reads only oms. The DAG runs
+    it next to extract_orders and stage_cancellations; extract_stock makes it the demand. Running it again replaces
+    what it staged."""
+    stg = staging_schema(as_run_time(t))
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(_sql("stage_open_lines", stg))
+        figures = {"open_lines": cur.rowcount}
+    log.info("waiting lines of earlier runs at %s: %s", as_run_time(t).isoformat(), figures)
+    return figures
+
+
 def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
-    """Stage the demand (new lines and waiting lines), the shipment confirmations to apply and the stock available at T
-    (from the on hand of stage_on_hand, which this stages first if it has not run)."""
+    """Stage the demand (the open lines of stage_open_lines less the cancellations of T, and the new lines), the
+    shipment confirmations to apply and the stock available at T (from the on hand of stage_on_hand). Stages the on
+    hand and the open lines first when their stages have not run."""
     t = as_run_time(t)
     rules = rules or load_rules()
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT to_regclass('{stg}.on_hand')")
-        if cur.fetchone()[0] is None:
+        cur.execute(f"SELECT to_regclass('{stg}.on_hand'), to_regclass('{stg}.open_lines')")
+        on_hand, open_lines = cur.fetchone()
+        if on_hand is None:
             _stage_on_hand(cur, stg, t, rules)
+        if open_lines is None:
+            cur.execute(_sql("stage_open_lines", stg))
         cur.execute(_sql("stage_demand", stg), {"t": t})
         _add_unlisted_stores(cur, stg, rules)
         cur.execute(_sql("stage_confirmations", stg), {"t": t})
@@ -884,12 +901,14 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
         timed_together("extract",
                        [("extract_orders", extract_orders, url, t, rules),
                         ("stage_cancellations", lifecycle.stage_cancellations, url, t, rules)],
-                       [("stage_on_hand", stage_on_hand, url, t, rules)])
+                       [("stage_on_hand", stage_on_hand, url, t, rules), ("stage_open_lines", stage_open_lines, url, t)])
         timed("extract_stock", extract_stock, url, t, rules)
-        timed("check_extract", check_extract, url, t)
         timed("prepare_allocation", prepare_allocation, url, t)
-        for pool in list_pools(url, t):
-            timed(f"allocate[{pool}]", allocate, url, t, pool, rules)
+        # the extract gate beside the pools' allocations (which write only staging): the allocation gate and publish
+        # wait for both; the gate is the first branch, so its failure is the one raised
+        timed_together("allocate",
+                       [("check_extract", check_extract, url, t)],
+                       *[[(f"allocate[{pool}]", allocate, url, t, pool, rules)] for pool in list_pools(url, t)])
         timed_together("check_allocation",
                        [("check_allocation", check_allocation, url, t)],
                        [("prepare_publish", prepare_publish, url, t)])

@@ -20,9 +20,9 @@ lines get stock, which wait as backorders, which are held or cancelled, and publ
 
 | stage | what it does |
 |---|---|
-| **extract** | loads new files of the file drop (`BACKORDERS_LANDING_DIR`, each file once), opens the run (schema migrations, rules validation, rewind of an earlier execution of T), parses order messages into new orders and lines (bad ones go to `oms.quarantine`), stages the cancellations decided at T before allocation (buyer's requests, FTC deadlines, automatic cancellation), stages the on hand at T (side by side with the orders), then demand, stock and shipment confirmations |
+| **extract** | loads new files of the file drop (`BACKORDERS_LANDING_DIR`, each file once), opens the run (schema migrations, rules validation, rewind of an earlier execution of T), parses order messages into new orders and lines (bad ones go to `oms.quarantine`), stages the cancellations decided at T before allocation (buyer's requests, FTC deadlines, automatic cancellation), stages the on hand at T and the lines that wait from earlier runs (side by side with the orders), then demand, stock and shipment confirmations |
 | **check_extract** | data-quality gate (Great Expectations on PostgreSQL, `include/rules/checks.yaml`) on the staged input: types, required fields, ranges, unique ids, stock not negative, dates not after T, nothing lost; a blocking failure stops the run before anything is published |
-| **allocate** | one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
+| **allocate** | beside the extract gate (it writes only staging; nothing after it runs unless the gate passed): one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
 | **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits |
 | **prepare_publish** | beside the allocation gate: the new shipment requests' numbers, the lines the run touches and their new quantities, prepared in staging so that `publish` only writes (reads `oms`, writes nothing there) |
 | **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction (beside it, the run's shipment messages are built in staging: `prepare_shipment_messages`); then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`), `oms.storefront_availability` (`refresh_storefront`) and the run's payment requests, built in staging (`prepare_payment_requests`) |
@@ -46,7 +46,7 @@ LOCK_RESCHEDULE_SECONDS = 60
 NOTE_KEY = "run_note"           # XCom that plugins/backorders_ui/run_notes.py copies into the run's note
 
 STAGE_TASKS = ["extract.load_files", "extract.extract_orders", "extract.stage_cancellations", "extract.stage_on_hand",
-               "extract.extract_stock", "prepare_publish", "load.publish", "load.prepare_shipment_messages",
+               "extract.stage_open_lines", "extract.extract_stock", "prepare_publish", "load.publish", "load.prepare_shipment_messages",
                "load.apply_after_publish", "load.refresh_storefront", "load.prepare_payment_requests",
                "side_effects.queue_notifications", "side_effects.queue_payment_requests",
                "side_effects.queue_shipment_messages"]
@@ -248,11 +248,19 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        # the stock intake and on hand read no order: they run next to the orders' extract and cancellations
+        @task
+        def stage_open_lines() -> dict:
+            from backorders.cycle import stage_open_lines as stage
+
+            return stage(_db_url(), _run_time())
+
+        # the stock intake and on hand read no order, the open lines only oms: they run next to the orders' extract
+        # and cancellations
         opened = load_files() >> open_run()
         cancellations = opened >> extract_orders() >> stage_cancellations()
         on_hand = opened >> stage_on_hand()
-        [cancellations, on_hand] >> extract_stock()
+        open_lines = opened >> stage_open_lines()
+        [cancellations, on_hand, open_lines] >> extract_stock()
 
     def _gate(name: str) -> list:
         """A data-quality gate; a blocking failure fails the task at once (retrying would find the same data)."""
@@ -410,9 +418,13 @@ def backorder_cycle():
         write_shipment_messages()
 
     loaded, load_gate = load(), check_load()
-    allocated = extract() >> check_extract() >> allocate()
-    # the allocation gate and the preparation of publish side by side: publish waits for both
-    allocated >> [check_allocation(), prepare_publish()] >> loaded
+    extracted = extract()
+    # the extract gate beside the pools' allocations (which write only the run's staging schema); the allocation gate
+    # and the preparation of publish wait for both and run side by side; publish waits for them
+    gate, allocated, prepared = check_extract(), allocate(), [check_allocation(), prepare_publish()]
+    extracted >> [gate, allocated]
+    gate >> prepared
+    allocated >> prepared >> loaded
     # the load gate checks what publish wrote, next to the lifecycle and the storefront; the side effects wait for all
     loaded.get_child_by_label("publish") >> load_gate
     [loaded, load_gate] >> side_effects() >> report() >> deliver()

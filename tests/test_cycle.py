@@ -350,6 +350,40 @@ def test_on_hand_staged_by_its_stage_again_or_by_extract_stock_gives_the_same_st
         assert staged() == expected, on_hand_runs
 
 
+def test_demand_from_the_open_lines_staged_by_their_stage_again_or_by_extract_stock_is_the_same(landing,
+                                                                                                   migrated_url):
+    """stage_open_lines stages the waiting lines from oms beside the orders' extract and extract_stock turns them into
+    the demand in place (less the cancellations of T, plus the new lines). Staged once, twice or not at all (then
+    extract_stock stages them): the same demand."""
+    from backorders import lifecycle
+
+    url = migrated_url
+    for order_id, sku, qty in (("W1", "SKU-A", 3), ("W2", "SKU-B", 2), ("W3", "SKU-A", 1)):
+        landing.message(order_message(order_id, lines=[(sku, qty, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-A", 0), ("WH_PDX", "SKU-B", 0)], "2026-03-02T00:00:00Z")
+    cycle.run_cycle(url, T1)
+    assert lines(url)["W2-1"][:3] == (0, 2, 0)                     # all three wait
+    landing.message(order_message("N1", lines=[("SKU-A", 2, None), ("SKU-C", 1, None)]), "2026-03-02T08:00:00Z")
+    landing.response("W2", "cancel", "2026-03-02T09:00:00Z")        # W2 drops out of the demand at T2
+    stg = cycle.staging_schema(cycle.as_run_time(T2))
+
+    def demand():
+        return table_rows(url, f"SELECT * FROM {stg}.demand ORDER BY order_id, line_id")
+
+    cycle.run_cycle(url, T2, keep_staging=True)
+    expected = demand()
+    assert [(r[0], r[1], r[8], r[11]) for r in expected] == [       # order, line, qty_open, is_new
+        ("N1", "N1-1", 2, True), ("N1", "N1-2", 1, True), ("W1", "W1-1", 3, False), ("W3", "W3-1", 1, False)]
+    for open_lines_runs in (0, 1, 2):
+        cycle.begin_run(url, T2)
+        cycle.extract_orders(url, T2)
+        for _ in range(open_lines_runs):
+            cycle.stage_open_lines(url, T2)
+        lifecycle.stage_cancellations(url, T2, load_rules())
+        cycle.extract_stock(url, T2)
+        assert demand() == expected, open_lines_runs
+
+
 def test_run_time_resolution():
     from datetime import datetime, timezone
 

@@ -44,17 +44,23 @@ def test_backorder_cycle_shape(dagbag):
     groups = {t.task_id.split(".")[0] for t in dag.tasks if "." in t.task_id}
     assert {"extract", "allocate", "load", "side_effects", "report", "deliver"} <= groups
     order = ["extract.load_files", "extract.open_run", "extract.extract_orders", "extract.stage_cancellations",
-             "extract.extract_stock", "check_extract", "allocate.list_pools", "allocate.allocate_pool",
+             "extract.extract_stock", "allocate.list_pools", "allocate.allocate_pool",
              "check_allocation", "load.publish", "check_load", "side_effects.queue_notifications",
              "report.finish_run", "deliver.deliver_notifications"]
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} should run right before {down}"
     # the stock intake reads no order: it runs next to the orders' extract, and the demand's stock waits for both
     assert dag.get_task("extract.stage_on_hand").upstream_task_ids == {"extract.open_run"}
+    assert dag.get_task("extract.stage_open_lines").upstream_task_ids == {"extract.open_run"}
     assert dag.get_task("extract.extract_stock").upstream_task_ids == {"extract.stage_cancellations",
-                                                                        "extract.stage_on_hand"}
-    # the allocation gate and the preparation of publish side by side, after the last pool; publish waits for both
-    assert dag.get_task("prepare_publish").upstream_task_ids == {"allocate.allocate_pool"}
+                                                                        "extract.stage_on_hand",
+                                                                        "extract.stage_open_lines"}
+    # the extract gate beside the allocation (which writes only staging): both follow the staged input, and the
+    # allocation gate and the preparation of publish wait for both, side by side; publish waits for those two
+    assert dag.get_task("check_extract").upstream_task_ids == {"extract.extract_stock"}
+    assert dag.get_task("allocate.list_pools").upstream_task_ids == {"extract.extract_stock"}
+    for task_id in ("check_allocation", "prepare_publish"):
+        assert dag.get_task(task_id).upstream_task_ids == {"check_extract", "allocate.allocate_pool"}, task_id
     assert dag.get_task("load.publish").upstream_task_ids == {"check_allocation", "prepare_publish"}
     # after publish, side by side: the lifecycle, the storefront and the load gate (which checks what publish wrote)
     after = {"load.apply_after_publish", "load.refresh_storefront", "check_load", "load.prepare_payment_requests"}
