@@ -905,10 +905,12 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
         timed("extract_stock", extract_stock, url, t, rules)
         timed("prepare_allocation", prepare_allocation, url, t)
         # the extract gate beside the pools' allocations (which write only staging): the allocation gate and publish
-        # wait for both; the gate is the first branch, so its failure is the one raised
+        # wait for both; the gate is the first branch, so its failure is the one raised. The pools one after the
+        # other: the engine is Python, and threads of one process share one interpreter lock (the DAG's mapped tasks
+        # are processes of their own)
         timed_together("allocate",
                        [("check_extract", check_extract, url, t)],
-                       *[[(f"allocate[{pool}]", allocate, url, t, pool, rules)] for pool in list_pools(url, t)])
+                       [(f"allocate[{pool}]", allocate, url, t, pool, rules) for pool in list_pools(url, t)])
         timed_together("check_allocation",
                        [("check_allocation", check_allocation, url, t)],
                        [("prepare_publish", prepare_publish, url, t)])
