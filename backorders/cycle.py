@@ -852,10 +852,11 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
               allow_rewind_later: bool = False, lock_wait: float = 600.0, keep_staging: bool = False,
               deliver: bool = False) -> dict:
     """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it). The tasks
-    the DAG runs side by side run here at the same time too, one thread and connection each: the on hand next to the
-    orders' extract and cancellations; the allocation gate and prepare_publish; publish and the shipment messages'
-    preparation; the lifecycle, the storefront, the load gate and the payment requests' preparation after publish; the
-    three outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own), and
+    the DAG runs side by side run here at the same time too, one thread and connection each: the on hand and the open
+    lines next to the orders' extract and cancellations; the extract gate and the pools' allocations (one after the
+    other: they are Python, and threads share the interpreter lock); the allocation gate and prepare_publish; publish
+    and the shipment messages' preparation; the lifecycle, the storefront, the load gate and the payment requests'
+    preparation after publish; the three outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own), and
     "peak_rss_mb" the process's peak memory when each stage ended (it only grows: the stage where it jumps is the one
     that holds the most; stages of one block share the process).
 
