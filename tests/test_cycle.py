@@ -321,11 +321,22 @@ def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
     assert s["orders_created"] == 1 and s["lines_allocated"] == 1
 
 
+def extract_again(url, t, stage, runs: int) -> None:
+    """Open T again (a rewind) and run its extract, with `stage` (one that extract_stock stands in for when it has not
+    run) run `runs` times beside the orders' extract."""
+    from backorders import lifecycle
+
+    cycle.begin_run(url, t)
+    cycle.extract_orders(url, t)
+    for _ in range(runs):
+        stage(url, t)
+    lifecycle.stage_cancellations(url, t, load_rules())
+    cycle.extract_stock(url, t)
+
+
 def test_on_hand_staged_by_its_stage_again_or_by_extract_stock_gives_the_same_stock(landing, migrated_url):
     """stage_on_hand runs next to the orders' extract; run twice it replaces what it staged, and extract_stock stages
     the on hand itself when it has not run: the same intake, quarantine, on hand and stock every way."""
-    from backorders import lifecycle
-
     url = migrated_url
     landing.message(order_message("O1", lines=[("SKU-A", 2, None), ("SKU-B", 1, None)]), "2026-03-02T01:00:00Z")
     landing.stock([("WH_PDX", "SKU-A", 1), ("WH_PDX", "SKU-B", 5), ("WH_NOPE", "SKU-A", 9),
@@ -341,12 +352,7 @@ def test_on_hand_staged_by_its_stage_again_or_by_extract_stock_gives_the_same_st
     expected = staged()
     assert len(expected["stock"]) == 2 and len(expected["quarantine"]) == 2 and len(expected["stock_intake"]) == 4
     for on_hand_runs in (0, 2):                 # the same T again (a rewind): stage_on_hand not at all, or twice
-        cycle.begin_run(url, T1)
-        cycle.extract_orders(url, T1)
-        for _ in range(on_hand_runs):
-            cycle.stage_on_hand(url, T1)
-        lifecycle.stage_cancellations(url, T1, load_rules())
-        cycle.extract_stock(url, T1)
+        extract_again(url, T1, cycle.stage_on_hand, on_hand_runs)
         assert staged() == expected, on_hand_runs
 
 
@@ -355,8 +361,6 @@ def test_demand_from_the_open_lines_staged_by_their_stage_again_or_by_extract_st
     """stage_open_lines stages the waiting lines from oms beside the orders' extract and extract_stock turns them into
     the demand in place (less the cancellations of T, plus the new lines). Staged once, twice or not at all (then
     extract_stock stages them): the same demand."""
-    from backorders import lifecycle
-
     url = migrated_url
     for order_id, sku, qty in (("W1", "SKU-A", 3), ("W2", "SKU-B", 2), ("W3", "SKU-A", 1)):
         landing.message(order_message(order_id, lines=[(sku, qty, None)]), "2026-03-02T01:00:00Z")
@@ -375,12 +379,7 @@ def test_demand_from_the_open_lines_staged_by_their_stage_again_or_by_extract_st
     assert [(r[0], r[1], r[8], r[11]) for r in expected] == [       # order, line, qty_open, is_new
         ("N1", "N1-1", 2, True), ("N1", "N1-2", 1, True), ("W1", "W1-1", 3, False), ("W3", "W3-1", 1, False)]
     for open_lines_runs in (0, 1, 2):
-        cycle.begin_run(url, T2)
-        cycle.extract_orders(url, T2)
-        for _ in range(open_lines_runs):
-            cycle.stage_open_lines(url, T2)
-        lifecycle.stage_cancellations(url, T2, load_rules())
-        cycle.extract_stock(url, T2)
+        extract_again(url, T2, cycle.stage_open_lines, open_lines_runs)
         assert demand() == expected, open_lines_runs
 
 
