@@ -856,9 +856,9 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
     lines next to the orders' extract and cancellations; the extract gate and the pools' allocations (one after the
     other: they are Python, and threads share the interpreter lock); the allocation gate and prepare_publish; publish
     and the shipment messages' preparation; the lifecycle, the storefront, the load gate and the payment requests'
-    preparation after publish; the three outboxes. The summary's "parallel" gives each such block's wall time ("seconds" has each stage's own), and
-    "peak_rss_mb" the process's peak memory when each stage ended (it only grows: the stage where it jumps is the one
-    that holds the most; stages of one block share the process).
+    preparation after publish; the three outboxes. The summary's "parallel" gives each such block's wall time
+    ("seconds" has each stage's own), and "peak_rss_mb" the process's peak memory when each stage ended (it only
+    grows: the stage where it jumps is the one that holds the most; stages of one block share the process).
 
     If another run holds the run lock, waits for it up to lock_wait seconds (then run_lock.RunLocked).
     keep_staging keeps the run's staging schema (the benchmark measures its floor on the same staged input).
@@ -902,7 +902,8 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
         timed_together("extract",
                        [("extract_orders", extract_orders, url, t, rules),
                         ("stage_cancellations", lifecycle.stage_cancellations, url, t, rules)],
-                       [("stage_on_hand", stage_on_hand, url, t, rules), ("stage_open_lines", stage_open_lines, url, t)])
+                       [("stage_on_hand", stage_on_hand, url, t, rules),
+                        ("stage_open_lines", stage_open_lines, url, t)])
         timed("extract_stock", extract_stock, url, t, rules)
         timed("prepare_allocation", prepare_allocation, url, t)
         # the extract gate beside the pools' allocations (which write only staging): the allocation gate and publish

@@ -46,8 +46,8 @@ LOCK_RESCHEDULE_SECONDS = 60
 NOTE_KEY = "run_note"           # XCom that plugins/backorders_ui/run_notes.py copies into the run's note
 
 STAGE_TASKS = ["extract.load_files", "extract.extract_orders", "extract.stage_cancellations", "extract.stage_on_hand",
-               "extract.stage_open_lines", "extract.extract_stock", "prepare_publish", "load.publish", "load.prepare_shipment_messages",
-               "load.apply_after_publish", "load.refresh_storefront", "load.prepare_payment_requests",
+               "extract.stage_open_lines", "extract.extract_stock", "prepare_publish", "load.publish",
+               "load.prepare_shipment_messages", "load.apply_after_publish", "load.refresh_storefront", "load.prepare_payment_requests",
                "side_effects.queue_notifications", "side_effects.queue_payment_requests",
                "side_effects.queue_shipment_messages"]
 
