@@ -918,7 +918,8 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
                        [("prepare_publish", prepare_publish, url, t)])
         timed_together("publish",
                        [("publish", publish, url, t)],
-                       [("prepare_shipment_messages", outbox.prepare_shipment_messages, url, t, rules)])
+                       [("prepare_shipment_messages", outbox.prepare_shipment_messages, url, t, rules),
+                        ("prepare_settlements", outbox.prepare_settlements, url, t, rules)])
         timed_together("after_publish",
                        [("apply_after_publish", lifecycle.apply_after_publish, url, t, rules)],
                        [("refresh_storefront", lifecycle.refresh_storefront, url, t, rules)],

@@ -66,8 +66,9 @@ _BULK_SETTINGS = "SET LOCAL work_mem = '64MB'; SET LOCAL temp_buffers = '64MB'"
 # the marker tables of the prepared outbox rows in the run's staging schema, written last by the prepare_* stages:
 # the queue stages copy the prepared rows when their marker is there, and build them themselves when it is not
 PAYMENTS_PREPARED = "payment_requests_prepared"
+SETTLEMENTS_PREPARED = "settlements_prepared"
 SHIPMENT_MESSAGES_PREPARED = "shipment_messages_prepared"
-PREPARED_MARKERS = (PAYMENTS_PREPARED, SHIPMENT_MESSAGES_PREPARED)
+PREPARED_MARKERS = (PAYMENTS_PREPARED, SHIPMENT_MESSAGES_PREPARED, SETTLEMENTS_PREPARED)
 
 
 def _stg(t: datetime) -> str:
@@ -76,11 +77,39 @@ def _stg(t: datetime) -> str:
     return staging_schema(t)
 
 
+def prepare_settlements(url: str, t, rules: Rules | None = None) -> dict:
+    """Build the settlements of run T into the run's staging schema before publish has written them: the captures per
+    shipment request (payment methods that capture partially) and the refunds per cancellation, with their JSON
+    bodies, from the run's staged rows (prepare_publish's new shipment requests, the allocations, the cancellations)
+    and, by key, the earlier events of their orders. Writes nothing in oms: it runs beside publish, and
+    prepare_payment_requests, after publish, adds what follows from what publish wrote (captures of whole orders,
+    re-authorizations). Skipped when prepare_publish's tables are not there: prepare_payment_requests then builds
+    every request from what publish wrote."""
+    from backorders.cycle import PUBLISH_PREPARED, is_prepared, mark_prepared
+
+    t = _run_time(t)
+    rules = rules or load_rules()
+    stg = _stg(t)
+    built = None
+    with db.transaction(url) as conn, conn.cursor() as cur:
+        cur.execute(_BULK_SETTINGS)
+        if is_prepared(cur, stg, PUBLISH_PREPARED):
+            cur.execute(f"DROP TABLE IF EXISTS {stg}.{SETTLEMENTS_PREPARED}, {stg}.money_orders, {stg}.money_events, "
+                        f"{stg}.settlement_requests")
+            _payment_methods(cur, rules)
+            _money_events(cur, t, staged=stg)
+            built = _build_requests(cur, t, rules, stg, SETTLEMENTS, table="settlement_requests")
+            mark_prepared(cur, stg, SETTLEMENTS_PREPARED, t)
+    log.info("prepared the settlements of %s: %s", t.isoformat(), "skipped" if built is None else built)
+    return {"settlements_built": built}
+
+
 def prepare_payment_requests(url: str, t, rules: Rules | None = None) -> dict:
     """Build the payment requests of run T (captures, refunds, re-authorizations, with their JSON bodies), the orders
-    to re-authorize and the lapsed authorizations into the run's staging schema, from what publish wrote. Writes
-    nothing in oms and queues nothing: it runs after publish, beside the lifecycle, the storefront and the load gate,
-    and queue_payment_requests, after the gate, only copies the rows into the outbox."""
+    to re-authorize and the lapsed authorizations into the run's staging schema: the settlements prepare_settlements
+    built beside publish, and the rest from what publish wrote (all of them from there when the settlements are not
+    prepared). Writes nothing in oms and queues nothing: it runs after publish, beside the lifecycle, the storefront
+    and the load gate, and queue_payment_requests, after the gate, only copies the rows into the outbox."""
     from backorders.cycle import mark_prepared
 
     t = _run_time(t)
@@ -126,13 +155,25 @@ def _build_payment_requests(cur, t: datetime, rules: Rules, stg: str | None) -> 
     """The requests of T into <schema>.payment_requests, the orders to re-authorize into <schema>.payment_reauth and
     the lapsed authorizations into <schema>.payment_lapsed: the run's staging schema stg, or, with stg None, the
     session's temporary schema pg_temp (dropped at commit). Returns the requests built per kind."""
+    from backorders.cycle import is_prepared
+
+    settled = stg is not None and is_prepared(cur, stg, SETTLEMENTS_PREPARED)
     if stg is not None:
         cur.execute(f"DROP TABLE IF EXISTS {stg}.{PAYMENTS_PREPARED}, {stg}.payment_requests, {stg}.payment_reauth, "
                     f"{stg}.payment_lapsed")
     _payment_methods(cur, rules)
-    _money_events(cur, t)
+    if settled:     # the settlements' requests become the run's payment requests; the rest is added to them
+        cur.execute(f"""CREATE TEMP VIEW mo AS SELECT * FROM {stg}.money_orders;
+                        CREATE TEMP VIEW money_ev AS SELECT * FROM {stg}.money_events;
+                        ALTER TABLE {stg}.settlement_requests RENAME TO payment_requests;
+                        DROP TABLE {stg}.{SETTLEMENTS_PREPARED}""")
+    else:
+        _money_events(cur, t)
     _reauthorizations(cur, t, stg)
-    built = _build_requests(cur, t, rules, stg)
+    if settled:
+        built = _build_requests(cur, t, rules, stg, AFTER_PUBLISH, append=True)
+    else:
+        built = _build_requests(cur, t, rules, stg)
     _lapsed_authorizations(cur, t, stg)
     return built
 
@@ -228,37 +269,92 @@ def _payment_methods(cur, rules: Rules) -> None:
 _PM = "JOIN LATERAL (SELECT * FROM pm WHERE pm.method IN (o.payment_method, '*') ORDER BY pm.method = '*' LIMIT 1) m ON true"
 
 
-def _money_events(cur, t: datetime) -> None:
+def _money_events(cur, t: datetime, staged: str | None = None) -> None:
     """mo: the orders that run T touched (a shipment request or a cancellation of T) with their payment settings and
     currency digits. money_ev: every quantity event (shipment request line, cancellation) of those orders, with its
-    share of the line's gross and tax amounts (and the order line's number and sku).
+    share of the line's gross and tax amounts (and the order line's number and sku; a cancellation's reason and
+    refund due date).
 
     Shares are cumulative differences, round(amount * cumulative qty / ordered) minus the same before the event, in
     event order (T, shipment requests before cancellations, shipment number, cancellation kind): the shares of one
     line always add up to exactly its amount, whatever the split (10.00 in three parts: 3.33, 3.34, 3.33).
 
     Both follow the orders of the run: the history is joined by order (index lookups once it outgrows the run), and
-    of oms.orders only the columns needed are read."""
+    of oms.orders only the columns needed are read.
+
+    From what publish wrote (staged None: temporary tables), or, with staged the run's staging schema, before publish
+    has written it (prepare_settlements, beside publish): the run's events, orders and lines from staging, the earlier
+    ones from oms, into staged.money_orders and staged.money_events (temporary views mo and money_ev show them).
+    The earlier ones are read as those before T, so the tables are the same whether publish has committed or not."""
+    if staged is None:
+        keys = ("SELECT order_id FROM oms.shipment_requests WHERE requested_at = %(t)s "
+                "UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s")
+        orders = "oms.orders"
+        target = "CREATE TEMP TABLE mo ON COMMIT DROP AS"
+    else:
+        keys = (f"SELECT order_id FROM {staged}.new_shipments UNION SELECT order_id FROM {staged}.line_results "
+                f"WHERE qty_cancelled > 0 UNION SELECT order_id FROM {staged}.cancellations")
+        orders = (f"(SELECT {_ORDER_FIELDS} FROM oms.orders WHERE created_run_at < %(t)s "
+                  f"UNION ALL SELECT {_ORDER_FIELDS} FROM {staged}.new_orders)")
+        target = f"CREATE TABLE {staged}.money_orders AS"
     cur.execute(f"""
-        CREATE TEMP TABLE mo ON COMMIT DROP AS
+        {target}
         SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture
-        FROM (SELECT order_id FROM oms.shipment_requests WHERE requested_at = %(t)s
-              UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s) k
-        JOIN oms.orders o ON o.order_id = k.order_id {_PM}""", {"t": t})
-    cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo")
+        FROM ({keys}) k
+        JOIN {orders} o ON o.order_id = k.order_id {_PM}""", {"t": t})
+    if staged is None:
+        cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo")
+    else:
+        cur.execute(f"ALTER TABLE {staged}.money_orders ADD PRIMARY KEY (order_id); ANALYZE {staged}.money_orders; "
+                    f"CREATE TEMP VIEW mo AS SELECT * FROM {staged}.money_orders")
+    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'oms' "
+                "AND table_name = 'line_cancellations' AND column_name = 'refund_due_at'")
+    due_col = "c.refund_due_at" if cur.fetchone() else "NULL::timestamptz"
+    earlier, earlier_c = ("", "") if staged is None else ("AND r.requested_at < %(t)s", "AND c.run_at < %(t)s")
+    events = f"""
+            SELECT k.order_id, l.line_id, r.requested_at AS at, 0 AS rnk, r.shipment_number AS seq, '' AS ckind,
+                   r.shipment_request_id, l.quantity, k.digits, NULL::text AS reason, NULL::timestamptz AS refund_due_at
+            FROM mo k JOIN oms.shipment_requests r ON r.order_id = k.order_id {earlier}
+            JOIN oms.shipment_request_lines l ON l.shipment_request_id = r.shipment_request_id
+            UNION ALL
+            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits, c.reason, {due_col}
+            FROM mo k JOIN oms.line_cancellations c ON c.order_id = k.order_id {earlier_c}"""
     # the events by key lookups from the run's orders: a hash or merge join (which the planner picks when the run's
     # orders are many) reads every shipment request and order line of the history, and its cost grows with it
     cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-    cur.execute("""
-        CREATE TEMP TABLE money_ev ON COMMIT DROP AS
-        WITH e AS (
-            SELECT k.order_id, l.line_id, r.requested_at AS at, 0 AS rnk, r.shipment_number AS seq, '' AS ckind,
-                   r.shipment_request_id, l.quantity, k.digits
-            FROM mo k JOIN oms.shipment_requests r ON r.order_id = k.order_id
-            JOIN oms.shipment_request_lines l ON l.shipment_request_id = r.shipment_request_id
+    if staged is None:
+        lines = "oms.order_lines"
+    else:
+        # the earlier events and the lines of the run's orders made before T by key; then the run's own from staging
+        cur.execute(f"CREATE TEMP TABLE money_raw ON COMMIT DROP AS {events}", {"t": t})
+        cur.execute(f"""
+            CREATE TEMP TABLE money_lines ON COMMIT DROP AS
+            SELECT l.order_id, l.line_id, l.line_number, l.sku, l.qty_ordered, l.gross_amount, l.tax_amount
+            FROM mo k JOIN oms.order_lines l ON l.order_id = k.order_id AND l.created_run_at < %(t)s""", {"t": t})
+        cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
+        cur.execute(f"""
+            INSERT INTO money_lines
+            SELECT l.order_id, l.line_id, l.line_number, l.sku, l.qty_ordered, l.gross_amount, l.tax_amount
+            FROM {staged}.new_lines l JOIN mo k USING (order_id);
+            INSERT INTO money_raw
+            SELECT k.order_id, a.line_id, %(t)s, 0, s.shipment_number::integer, '',
+                   'SR-' || s.order_id || '-' || s.shipment_number, a.qty::integer, k.digits, NULL, NULL
+            FROM {staged}.new_shipments s JOIN mo k USING (order_id)
+            JOIN {staged}.allocations a ON a.order_id = s.order_id AND a.source_code = s.source_code
             UNION ALL
-            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits
-            FROM mo k JOIN oms.line_cancellations c ON c.order_id = k.order_id
+            SELECT k.order_id, c.line_id, %(t)s, 1, 0, c.kind, NULL, c.qty::integer, k.digits, c.reason,
+                   c.refund_due_at
+            FROM (SELECT order_id, line_id, qty_cancelled AS qty, 'NOT_BACKORDERABLE' AS kind,
+                         coalesce(nullif(reason, ''), 'not backorderable') AS reason, NULL::timestamptz AS refund_due_at
+                  FROM {staged}.line_results WHERE qty_cancelled > 0
+                  UNION ALL
+                  SELECT order_id, line_id, qty, kind, reason, refund_due_at FROM {staged}.cancellations) c
+            JOIN mo k USING (order_id);
+            ANALYZE money_raw; ANALYZE money_lines""", {"t": t})
+        events, lines = "SELECT * FROM money_raw", "money_lines"
+    cur.execute(f"""
+        {"CREATE TEMP TABLE money_ev ON COMMIT DROP" if staged is None else f"CREATE TABLE {staged}.money_events"} AS
+        WITH e AS ({events}
         ),
         c AS (
             SELECT e.*, sum(e.quantity) OVER (PARTITION BY e.order_id, e.line_id ORDER BY e.at, e.rnk, e.seq, e.ckind
@@ -268,18 +364,23 @@ def _money_events(cur, t: datetime) -> None:
         v AS (
             SELECT c.*, ol.line_number, ol.sku, ol.qty_ordered, coalesce(ol.gross_amount, 0) AS gross,
                    coalesce(ol.tax_amount, 0) AS tax
-            FROM c JOIN oms.order_lines ol ON ol.order_id = c.order_id AND ol.line_id = c.line_id
+            FROM c JOIN {lines} ol ON ol.order_id = c.order_id AND ol.line_id = c.line_id
         )
         SELECT v.*,
                round(gross * cum_after / qty_ordered, digits) - round(gross * (cum_after - quantity) / qty_ordered, digits)
                    AS gross_share,
                round(tax * cum_after / qty_ordered, digits) - round(tax * (cum_after - quantity) / qty_ordered, digits)
                    AS tax_share
-        FROM v""")
-    cur.execute("RESET enable_hashjoin; RESET enable_mergejoin; ANALYZE money_ev (order_id, rnk, at)")
+        FROM v""", {"t": t})
+    if staged is None:
+        cur.execute("RESET enable_hashjoin; RESET enable_mergejoin; ANALYZE money_ev (order_id, rnk, at)")
+    else:
+        cur.execute(f"ANALYZE {staged}.money_events (order_id, rnk, at); "
+                    f"CREATE TEMP VIEW money_ev AS SELECT * FROM {staged}.money_events")
 
 
 _ORDER_COLS = "o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
+_ORDER_FIELDS = "order_id, store, currency, payment_method, payment_reference, gateway_id, transaction_id"
 
 
 def _iso_sql(expr: str, utc: bool = False) -> str:
@@ -340,17 +441,23 @@ def _refund_due_dates(cur, t: datetime, rules: Rules) -> tuple[list, list, list]
     return stores, dues, [d.isoformat() for d in dues]
 
 
-def _build_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
-    """Build every payment request of T in one statement into payment_requests (_create: staging or temporary), with
-    its body as jsonb (_insert_requests inserts the new ones): captures (per shipment request of
-    T where the method captures partially, else one per order with nothing left to ship), refunds (per cancellation
-    row of T), re-authorizations (the reauth table). Ids are 'PR-' + the first 20 hex digits of the SHA-256 of the
-    idempotency key (payment_request_id); amounts are the shares with the currency's digits, as text in the body.
+# the kinds of request _build_requests builds: the settlements follow from the run's staged rows alone (built beside
+# publish by prepare_settlements), the others from what publish wrote
+SETTLEMENTS = ("partial_captures", "refunds")
+AFTER_PUBLISH = ("order_captures", "reauthorizations")
 
-    Returns the requests built per kind."""
-    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'oms' "
-                "AND table_name = 'line_cancellations' AND column_name = 'refund_due_at'")
-    due_col = "c.refund_due_at" if cur.fetchone() else "NULL::timestamptz"
+
+def _build_requests(cur, t: datetime, rules: Rules, stg: str | None, kinds: tuple = SETTLEMENTS + AFTER_PUBLISH,
+                    table: str = "payment_requests", append: bool = False) -> dict:
+    """Build the payment requests of T in one statement into table (_create: staging or temporary; with append,
+    inserted into the staging table that is there), with
+    its body as jsonb (_insert_requests inserts the new ones): captures (per shipment request of
+    T where the method captures partially: partial_captures; else one per order with nothing left to ship:
+    order_captures), refunds (per cancellation row of T), re-authorizations (the reauth table). Ids are 'PR-' + the
+    first 20 hex digits of the SHA-256 of the idempotency key (payment_request_id); amounts are the shares with the
+    currency's digits, as text in the body.
+
+    Returns the requests in table per kind."""
     stores, dues, due_isos = _refund_due_dates(cur, t, rules)
     # bodies are built as json (text) and parsed into jsonb once, cheaper than nesting jsonb_build_object calls
     line = ("json_build_object('shipment_request_id', e.shipment_request_id, 'line_id', e.line_id, 'sku', e.sku, "
@@ -359,8 +466,9 @@ def _build_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
             "'amount', i.amount::text, 'tax_amount', i.tax::text, 'currency', i.currency, "
             "'payment_method', i.payment_method, 'payment_reference', i.payment_reference, 'gateway_id', i.gateway_id, "
             "'transaction_id', i.transaction_id, 'requested_at', %(t_iso)s, 'due_at', i.due_iso, 'reason', i.reason")
+    target = f"INSERT INTO {stg}.{table}" if append else f"{_create(stg, table)} AS"
     cur.execute(f"""
-        {_create(stg, 'payment_requests')} AS
+        {target}
         WITH due AS (
             SELECT * FROM unnest(%(stores)s::text[], %(dues)s::timestamptz[], %(due_isos)s::text[]) AS d(store, due, iso)
         ),
@@ -384,47 +492,8 @@ def _build_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
             WHERE e.rnk = 0
             GROUP BY e.order_id
         ),
-        req AS (
-            SELECT 'CAPTURE' AS kind, 'CAPTURE/' || c.shipment_request_id AS key, c.order_id,
-                   c.shipment_request_id, NULL::text AS line_id, round(c.amount, c.digits) AS amount,
-                   round(c.tax, c.digits) AS tax, %(t)s::timestamptz AS due_at, %(t_iso)s AS due_iso,
-                   'settlement of shipment request ' || c.shipment_request_id AS reason,
-                   c.lines,
-                   {_ORDER_COLS}
-            FROM cap_sr c JOIN mo o USING (order_id) WHERE c.amount > 0
-            UNION ALL
-            SELECT 'CAPTURE', 'CAPTURE/' || c.order_id, c.order_id, r.shipment_request_id, NULL,
-                   round(c.amount, c.digits), round(c.tax, c.digits), %(t)s, %(t_iso)s,
-                   'one settlement of the whole order with its last shipment request ' || r.shipment_request_id,
-                   c.lines,
-                   {_ORDER_COLS}
-            FROM cap_order c JOIN mo o USING (order_id)
-            LEFT JOIN LATERAL (SELECT r.shipment_request_id FROM oms.shipment_requests r WHERE r.order_id = c.order_id
-                               ORDER BY r.shipment_number DESC LIMIT 1) r ON true
-            WHERE c.amount > 0
-            UNION ALL
-            SELECT 'REFUND', 'REFUND/' || e.order_id || '/' || e.line_id || '/' || %(t_iso)s || '/' || e.ckind,
-                   e.order_id, NULL, e.line_id, round(e.gross_share, e.digits), round(e.tax_share, e.digits),
-                   coalesce({due_col}, due.due),
-                   CASE WHEN {due_col} IS NOT NULL THEN {_iso_sql(due_col)} ELSE due.iso END,
-                   e.ckind || ': ' || c.reason,
-                   json_build_array(json_build_object(
-                       'line_id', e.line_id, 'sku', e.sku, 'quantity', e.quantity,
-                       'amount', round(e.gross_share, e.digits)::text, 'tax_amount', round(e.tax_share, e.digits)::text)),
-                   {_ORDER_COLS}
-            FROM money_ev e JOIN mo o USING (order_id)
-            JOIN oms.line_cancellations c ON c.order_id = e.order_id AND c.line_id = e.line_id AND c.run_at = e.at
-                                          AND c.kind = e.ckind
-            LEFT JOIN due ON due.store = o.store
-            WHERE e.rnk = 1 AND e.at = %(t)s AND o.payment_method IS NOT NULL AND e.gross_share > 0
-            UNION ALL
-            SELECT 'REAUTHORIZE', 'REAUTHORIZE/' || b.order_id || '/' || %(t_iso)s, b.order_id, NULL, NULL,
-                   round(coalesce(b.amount, 0), b.digits), round(coalesce(b.tax, 0), b.digits), %(t)s, %(t_iso)s,
-                   'open backorder; last authorized ' || {_iso_sql("b.last_auth", utc=True)}
-                   || ', re-authorized every ' || b.reauth_interval_days || ' days',
-                   NULL::json,
-                   b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id
-            FROM reauth b
+        req (kind, key, order_id, shipment_request_id, line_id, amount, tax, due_at, due_iso, reason, lines, currency,
+             payment_method, payment_reference, gateway_id, transaction_id) AS ({_branches(kinds)}
         ),
         ids AS (
             SELECT 'PR-' || substr(encode(sha256(convert_to(req.key, 'UTF8')), 'hex'), 1, 20) AS id, req.*
@@ -439,8 +508,55 @@ def _build_requests(cur, t: datetime, rules: Rules, stg: str | None) -> dict:
                    ELSE json_build_object({base}) END::jsonb AS body
         FROM ids i""",
                 {"t": t, "t_iso": t.isoformat(), "stores": stores, "dues": dues, "due_isos": due_isos})
-    cur.execute(f"SELECT kind, count(*) FROM {stg or 'pg_temp'}.payment_requests GROUP BY kind")
+    cur.execute(f"SELECT kind, count(*) FROM {stg or 'pg_temp'}.{table} GROUP BY kind")
     return dict(cur.fetchall())
+
+
+def _branches(kinds: tuple) -> str:
+    """The UNION ALL of the request branches of kinds (SETTLEMENTS, AFTER_PUBLISH) for _build_requests."""
+    due_col = "e.refund_due_at"
+    branches = {
+        "partial_captures": f"""
+            SELECT 'CAPTURE' AS kind, 'CAPTURE/' || c.shipment_request_id AS key, c.order_id,
+                   c.shipment_request_id, NULL::text AS line_id, round(c.amount, c.digits) AS amount,
+                   round(c.tax, c.digits) AS tax, %(t)s::timestamptz AS due_at, %(t_iso)s AS due_iso,
+                   'settlement of shipment request ' || c.shipment_request_id AS reason,
+                   c.lines,
+                   {_ORDER_COLS}
+            FROM cap_sr c JOIN mo o USING (order_id) WHERE c.amount > 0""",
+        "order_captures": f"""
+            SELECT 'CAPTURE', 'CAPTURE/' || c.order_id, c.order_id, r.shipment_request_id, NULL::text,
+                   round(c.amount, c.digits), round(c.tax, c.digits), %(t)s::timestamptz, %(t_iso)s,
+                   'one settlement of the whole order with its last shipment request ' || r.shipment_request_id,
+                   c.lines,
+                   {_ORDER_COLS}
+            FROM cap_order c JOIN mo o USING (order_id)
+            LEFT JOIN LATERAL (SELECT r.shipment_request_id FROM oms.shipment_requests r WHERE r.order_id = c.order_id
+                               ORDER BY r.shipment_number DESC LIMIT 1) r ON true
+            WHERE c.amount > 0""",
+        "refunds": f"""
+            SELECT 'REFUND', 'REFUND/' || e.order_id || '/' || e.line_id || '/' || %(t_iso)s || '/' || e.ckind,
+                   e.order_id, NULL, e.line_id, round(e.gross_share, e.digits), round(e.tax_share, e.digits),
+                   coalesce({due_col}, due.due),
+                   CASE WHEN {due_col} IS NOT NULL THEN {_iso_sql(due_col)} ELSE due.iso END,
+                   e.ckind || ': ' || e.reason,
+                   json_build_array(json_build_object(
+                       'line_id', e.line_id, 'sku', e.sku, 'quantity', e.quantity,
+                       'amount', round(e.gross_share, e.digits)::text, 'tax_amount', round(e.tax_share, e.digits)::text)),
+                   {_ORDER_COLS}
+            FROM money_ev e JOIN mo o USING (order_id)
+            LEFT JOIN due ON due.store = o.store
+            WHERE e.rnk = 1 AND e.at = %(t)s AND o.payment_method IS NOT NULL AND e.gross_share > 0""",
+        "reauthorizations": f"""
+            SELECT 'REAUTHORIZE', 'REAUTHORIZE/' || b.order_id || '/' || %(t_iso)s, b.order_id, NULL, NULL,
+                   round(coalesce(b.amount, 0), b.digits), round(coalesce(b.tax, 0), b.digits), %(t)s, %(t_iso)s,
+                   'open backorder; last authorized ' || {_iso_sql("b.last_auth", utc=True)}
+                   || ', re-authorized every ' || b.reauth_interval_days || ' days',
+                   NULL::json,
+                   b.currency, b.payment_method, b.payment_reference, b.gateway_id, b.transaction_id
+            FROM reauth b""",
+    }
+    return "\n            UNION ALL".join(branches[k] for k in kinds)
 
 
 def _insert_requests(cur, t: datetime, status: str, src: str) -> tuple[dict, int]:

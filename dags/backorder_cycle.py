@@ -25,7 +25,7 @@ lines get stock, which wait as backorders, which are held or cancelled, and publ
 | **allocate** | beside the extract gate (it writes only staging; nothing after it runs unless the gate passed): one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
 | **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits |
 | **prepare_publish** | beside the allocation gate: the new shipment requests' numbers, the lines the run touches and their new quantities, prepared in staging so that `publish` only writes (reads `oms`, writes nothing there) |
-| **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction (beside it, the run's shipment messages are built in staging: `prepare_shipment_messages`); then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`), `oms.storefront_availability` (`refresh_storefront`) and the run's payment requests, built in staging (`prepare_payment_requests`) |
+| **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction (beside it, the run's shipment messages and its settlements, captures per shipment request and refunds, are built in staging: `prepare_shipment_messages`, `prepare_settlements`); then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`), `oms.storefront_availability` (`refresh_storefront`) and the run's other payment requests, built in staging (`prepare_payment_requests`: captures of whole orders, re-authorizations) |
 | **check_load** | data-quality gate on what `publish` wrote (it runs right after it): every staged row published, keys consistent, counts equal, nothing lost; a blocking failure stops the side effects |
 | **side_effects** | three tasks side by side: customer emails in the `oms.notifications` outbox, captures, refunds and re-authorizations in `oms.payment_requests`, request_shipment messages in `oms.shipment_messages` (idempotency keys: never twice); the last two copy what `load` built in staging, so nothing reaches an outbox before the load gate has passed |
 | **report** | records the run's figures in `oms.pipeline_runs` and drops the run's staging schema |
@@ -47,7 +47,8 @@ NOTE_KEY = "run_note"           # XCom that plugins/backorders_ui/run_notes.py c
 
 STAGE_TASKS = ["extract.load_files", "extract.extract_orders", "extract.stage_cancellations", "extract.stage_on_hand",
                "extract.stage_open_lines", "extract.extract_stock", "prepare_publish", "load.publish",
-               "load.prepare_shipment_messages", "load.apply_after_publish", "load.refresh_storefront", "load.prepare_payment_requests",
+               "load.prepare_shipment_messages", "load.prepare_settlements", "load.apply_after_publish",
+               "load.refresh_storefront", "load.prepare_payment_requests",
                "side_effects.queue_notifications", "side_effects.queue_payment_requests",
                "side_effects.queue_shipment_messages"]
 
@@ -326,8 +327,16 @@ def backorder_cycle():
             return stage(_db_url(), _run_time())
 
         @task
+        def prepare_settlements() -> dict:
+            """The run's captures per shipment request and refunds built in staging beside publish."""
+            from backorders.outbox import prepare_settlements as stage
+
+            return stage(_db_url(), _run_time())
+
+        @task
         def prepare_payment_requests() -> dict:
-            """The run's payment requests built in staging from what publish wrote (queued after the load gate)."""
+            """The run's payment requests in staging: the settlements, and what follows from what publish wrote
+            (queued after the load gate)."""
             from backorders.outbox import prepare_payment_requests as stage
 
             return stage(_db_url(), _run_time())
@@ -344,8 +353,11 @@ def backorder_cycle():
 
             return stage(_db_url(), _run_time())
 
-        prepare_shipment_messages()     # beside publish: it reads the staged run, not what publish writes
-        publish() >> [apply_after_publish(), refresh_storefront(), prepare_payment_requests()]
+        # beside publish: the shipment messages and the settlements read the staged run, not what publish writes
+        prepare_shipment_messages()
+        published, settlements = publish(), prepare_settlements()
+        published >> [apply_after_publish(), refresh_storefront()]
+        [published, settlements] >> prepare_payment_requests()
 
     @task_group(tooltip="Outboxes: customer emails, payment requests, shipment messages")
     def side_effects():

@@ -67,6 +67,11 @@ def test_backorder_cycle_shape(dagbag):
     assert dag.get_task("load.publish").downstream_task_ids == after
     # the shipment messages are built beside publish (from the staged run); both outboxes' rows only in staging
     assert dag.get_task("load.prepare_shipment_messages").upstream_task_ids == {"check_allocation", "prepare_publish"}
+    # so are the settlements (captures per shipment request, refunds); the other payment requests follow from what
+    # publish wrote, and take the settlements with them
+    assert dag.get_task("load.prepare_settlements").upstream_task_ids == {"check_allocation", "prepare_publish"}
+    assert dag.get_task("load.prepare_payment_requests").upstream_task_ids == {"load.publish",
+                                                                                "load.prepare_settlements"}
     after = after | {"load.prepare_shipment_messages"}
     # nothing is queued for delivery before the load gate, the lifecycle and the storefront have ended; the three
     # outboxes are queued side by side

@@ -506,10 +506,11 @@ methods: {CARD: {reauth_interval_days: 2, authorization_validity_days: 2}, INVOI
 
 
 def test_the_outbox_rows_built_ahead_are_those_built_after_the_gate(pg_admin_url, tmp_path, monkeypatch):
-    """prepare_shipment_messages (beside publish, from the staged run) and prepare_payment_requests (after publish,
-    beside the load gate) build the outbox rows in staging, and the queue stages only copy them; without them the
-    queue stages build the rows themselves from what publish wrote. Demo days with a re-authorization and a lapsed
-    authorization end in exactly the same tables either way."""
+    """prepare_shipment_messages and prepare_settlements (beside publish, from the staged run) and
+    prepare_payment_requests (after publish, beside the load gate) build the outbox rows in staging, and the queue
+    stages only copy them; without them the queue stages build the rows themselves from what publish wrote. Demo days
+    with a re-authorization and a lapsed authorization end in exactly the same tables either way, and whether the
+    settlements were built before publish began or after it had committed (in the DAG the two run side by side)."""
     from backorders import cycle, demo_data, schema
     from backorders.cli import DEMO_START
     from tests.conftest import scratch_database
@@ -520,12 +521,28 @@ def test_the_outbox_rows_built_ahead_are_those_built_after_the_gate(pg_admin_url
                            "  PAYPAL: {authorization_validity_days: 5, reauth_interval_days: 10}\n"
                            "  GIFT_CARD: {reauthorize: false, partial_capture: false}\n")
     data = demo_data.generate_demo(400, seed=3, start=DEMO_START, days=2)
-    snapshots, prepared = [], []
-    for ahead in (True, False):
-        if not ahead:
+    real_publish, real_settlements = cycle.publish, outbox.prepare_settlements
+
+    def settled_before(url, t):
+        real_settlements(url, t, rules)
+        return real_publish(url, t)
+
+    def settled_after(url, t):
+        published = real_publish(url, t)
+        real_settlements(url, t, rules)
+        return published
+
+    snapshots, prepared, settled = [], [], []
+    variants = ("beside", "before", "after", "none")
+    for variant in variants:
+        monkeypatch.setattr(cycle, "publish", {"before": settled_before, "after": settled_after}.get(variant,
+                                                                                                     real_publish))
+        monkeypatch.setattr(outbox, "prepare_settlements",
+                            real_settlements if variant == "beside" else lambda url, t, rules=None: {})
+        if variant == "none":
             monkeypatch.setattr(outbox, "prepare_shipment_messages", lambda url, t, rules=None: {})
             monkeypatch.setattr(outbox, "prepare_payment_requests", lambda url, t, rules=None: {})
-        with scratch_database(pg_admin_url, f"outbox_ahead_{ahead}") as url:
+        with scratch_database(pg_admin_url, f"outbox_ahead_{variant}") as url:
             schema.upgrade(url)
             with db.transaction(url) as conn:
                 demo_data.write_landing(conn, data)
@@ -534,11 +551,16 @@ def test_the_outbox_rows_built_ahead_are_those_built_after_the_gate(pg_admin_url
                 stg = cycle.staging_schema(cycle.as_run_time(t))
                 prepared.append(table_rows(url, f"SELECT to_regclass('{stg}.payment_requests_prepared') IS NOT NULL, "
                                                 f"to_regclass('{stg}.shipment_messages_prepared') IS NOT NULL")[0])
+                # the settlements' tables, and their marker taken by prepare_payment_requests (it used them)
+                settled.append(table_rows(url, f"SELECT to_regclass('{stg}.money_events') IS NOT NULL, "
+                                               f"to_regclass('{stg}.settlements_prepared') IS NOT NULL")[0])
             snapshots.append(snapshot_oms(url))
             made = dict(table_rows(url, "SELECT kind, count(*) FROM oms.payment_requests GROUP BY 1 UNION ALL "
                                         "SELECT kind, count(*) FROM oms.exceptions GROUP BY 1 UNION ALL "
                                         "SELECT 'MESSAGES', count(*) FROM oms.shipment_messages"))
-    assert prepared == [(True, True)] * 4 + [(False, False)] * 4, prepared
+    assert prepared == [(True, True)] * 12 + [(False, False)] * 4, prepared
+    assert settled == [(True, False)] * 12 + [(False, False)] * 4, settled
     assert min(made.get(k, 0) for k in ("CAPTURE", "REFUND", "REAUTHORIZE", "AUTHORIZATION_EXPIRED")) > 0, made
     assert made["MESSAGES"] > 20, made
-    assert snapshots[0] == snapshots[1]
+    for variant, snapshot in zip(variants[1:], snapshots[1:]):
+        assert snapshot == snapshots[0], variant
