@@ -266,7 +266,10 @@ def _payment_methods(cur, rules: Rules) -> None:
                      for name, m in rows])
 
 
-_PM = "JOIN LATERAL (SELECT * FROM pm WHERE pm.method IN (o.payment_method, '*') ORDER BY pm.method = '*' LIMIT 1) m ON true"
+# each order's payment settings: its method's, or the defaults' (method '*') when the method has none; a hash join
+# (the method looked up once in a hashed set) rather than a lookup and sort per order
+_PM = ("JOIN pm m ON m.method = CASE WHEN o.payment_method IN (SELECT method FROM pm) THEN o.payment_method "
+       "ELSE '*' END")
 
 
 def _money_events(cur, t: datetime, staged: str | None = None) -> None:
@@ -286,22 +289,25 @@ def _money_events(cur, t: datetime, staged: str | None = None) -> None:
     has written it (prepare_settlements, beside publish): the run's events, orders and lines from staging, the earlier
     ones from oms, into staged.money_orders and staged.money_events (temporary views mo and money_ev show them).
     The earlier ones are read as those before T, so the tables are the same whether publish has committed or not."""
+    # the orders' keys first, with statistics, then their rows (by key once the history outgrows the run), and only
+    # then each one's payment settings: planned in one statement, the settings were looked up for every order of oms
     if staged is None:
         keys = ("SELECT order_id FROM oms.shipment_requests WHERE requested_at = %(t)s "
                 "UNION SELECT order_id FROM oms.line_cancellations WHERE run_at = %(t)s")
-        orders = "oms.orders"
+        orders = f"SELECT {_ORDER_FIELDS} FROM money_keys k JOIN oms.orders o USING (order_id)"
         target = "CREATE TEMP TABLE mo ON COMMIT DROP AS"
     else:
         keys = (f"SELECT order_id FROM {staged}.new_shipments UNION SELECT order_id FROM {staged}.line_results "
                 f"WHERE qty_cancelled > 0 UNION SELECT order_id FROM {staged}.cancellations")
-        orders = (f"(SELECT {_ORDER_FIELDS} FROM oms.orders WHERE created_run_at < %(t)s "
-                  f"UNION ALL SELECT {_ORDER_FIELDS} FROM {staged}.new_orders)")
+        orders = (f"SELECT {_ORDER_FIELDS} FROM money_keys k JOIN oms.orders o USING (order_id) "
+                  f"WHERE o.created_run_at < %(t)s "
+                  f"UNION ALL SELECT {_ORDER_FIELDS} FROM money_keys k JOIN {staged}.new_orders o USING (order_id)")
         target = f"CREATE TABLE {staged}.money_orders AS"
+    cur.execute(f"CREATE TEMP TABLE money_keys ON COMMIT DROP AS {keys}; ANALYZE money_keys", {"t": t})
     cur.execute(f"""
         {target}
         SELECT o.order_id, o.store, {_ORDER_COLS}, {_DIGITS_SQL} AS digits, m.partial_capture
-        FROM ({keys}) k
-        JOIN {orders} o ON o.order_id = k.order_id {_PM}""", {"t": t})
+        FROM ({orders} OFFSET 0) o {_PM}""", {"t": t})
     if staged is None:
         cur.execute("ALTER TABLE mo ADD PRIMARY KEY (order_id); ANALYZE mo")
     else:
@@ -380,7 +386,7 @@ def _money_events(cur, t: datetime, staged: str | None = None) -> None:
 
 
 _ORDER_COLS = "o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
-_ORDER_FIELDS = "order_id, store, currency, payment_method, payment_reference, gateway_id, transaction_id"
+_ORDER_FIELDS = "order_id, o.store, o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
 
 
 def _iso_sql(expr: str, utc: bool = False) -> str:
