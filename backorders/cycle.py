@@ -456,8 +456,15 @@ def extract_stock(url: str, t, rules: Rules | None = None) -> dict:
     rules = rules or load_rules()
     stg = staging_schema(t)
     with db.transaction(url) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT to_regclass('{stg}.on_hand'), to_regclass('{stg}.open_lines')")
-        on_hand, open_lines = cur.fetchone()
+        cur.execute(f"SELECT to_regclass('{stg}.on_hand'), to_regclass('{stg}.open_lines'), "
+                    f"to_regclass('{stg}.confirmations')")
+        on_hand, open_lines, staged = cur.fetchone()
+        if staged is not None:
+            # its open lines became the demand, and the allocation and publish may have used them since
+            raise RunRefused(f"extract_stock of {t.isoformat()} already ran ({stg} holds its demand, stock and "
+                             "confirmations): to stage the run's input again, clear the run from open_run (in "
+                             f"Airflow: the run > task open_run > Clear, with Downstream), or run ./dev.sh run --at "
+                             f"{t.isoformat()}; see docs/operations.md")
         if on_hand is None:
             _stage_on_hand(cur, stg, t, rules)
         if open_lines is None:

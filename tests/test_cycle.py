@@ -381,6 +381,10 @@ def test_demand_from_the_open_lines_staged_by_their_stage_again_or_by_extract_st
     for open_lines_runs in (0, 1, 2):
         extract_again(url, T2, cycle.stage_open_lines, open_lines_runs)
         assert demand() == expected, open_lines_runs
+    # extract_stock again after it succeeded (its open lines are the demand now): refused, saying what to do instead
+    with pytest.raises(cycle.RunRefused, match="clear the run from open_run"):
+        cycle.extract_stock(url, T2)
+    assert demand() == expected
 
 
 def test_run_time_resolution():
