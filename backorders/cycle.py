@@ -860,9 +860,9 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
               deliver: bool = False) -> dict:
     """Every stage of the cycle in this process, in the DAG's order (the CLI, tests and benchmark use it). The tasks
     the DAG runs side by side run here at the same time too, one thread and connection each: the on hand and the open
-    lines next to the orders' extract and cancellations; the extract gate and the pools' allocations (one after the
-    other: they are Python, and threads share the interpreter lock); the allocation gate and prepare_publish; publish
-    and the shipment messages' preparation; the lifecycle, the storefront, the load gate and the payment requests'
+    lines next to the orders' extract and cancellations; the extract gate, the allocation gate and prepare_publish,
+    after the pools' allocations (one after the other: they are Python, and threads share the interpreter lock);
+    publish and the shipment messages' and settlements' preparation (one after the other); the lifecycle, the storefront, the load gate and the payment requests'
     preparation after publish; the three outboxes. The summary's "parallel" gives each such block's wall time
     ("seconds" has each stage's own), and "peak_rss_mb" the process's peak memory when each stage ended (it only
     grows: the stage where it jumps is the one that holds the most; stages of one block share the process).
@@ -913,14 +913,20 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
                         ("stage_open_lines", stage_open_lines, url, t)])
         timed("extract_stock", extract_stock, url, t, rules)
         timed("prepare_allocation", prepare_allocation, url, t)
-        # the extract gate beside the pools' allocations (which write only staging): the allocation gate and publish
-        # wait for both; the gate is the first branch, so its failure is the one raised. The pools one after the
-        # other: the engine is Python, and threads of one process share one interpreter lock (the DAG's mapped tasks
-        # are processes of their own)
-        timed_together("allocate",
-                       [("check_extract", check_extract, url, t)],
-                       [(f"allocate[{pool}]", allocate, url, t, pool, rules) for pool in list_pools(url, t)])
+        # the pools' allocations with the two cores to themselves (the allocate target is taken on them), one after
+        # the other: the engine is Python, and threads of one process share one interpreter lock. Then the extract
+        # gate beside the allocation gate and prepare_publish (all three only read staging; publish waits for them),
+        # first, so that its failure is the one raised. The DAG may run the extract gate beside the pools (they write
+        # only staging); when an allocation fails, the extract gate runs all the same and its failure goes first, so
+        # that bad input is reported by the gate that names it.
+        try:
+            for pool in list_pools(url, t):
+                timed(f"allocate[{pool}]", allocate, url, t, pool, rules)
+        except Exception:
+            timed("check_extract", check_extract, url, t)
+            raise
         timed_together("check_allocation",
+                       [("check_extract", check_extract, url, t)],
                        [("check_allocation", check_allocation, url, t)],
                        [("prepare_publish", prepare_publish, url, t)])
         timed_together("publish",

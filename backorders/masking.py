@@ -75,7 +75,8 @@ def install(prefix: str = "backorders") -> None:
 
     def factory(*args, **kwargs):
         record = previous(*args, **kwargs)
-        if record.name == prefix or record.name.startswith(prefix + "."):
+        name = record.name or ""        # logging.makeLogRecord (structlog's formatter) makes one without a name first
+        if name == prefix or name.startswith(prefix + "."):
             masker.filter(record)
         return record
 

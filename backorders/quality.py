@@ -696,11 +696,15 @@ def _record(url: str, t, stage: str, results: list[dict]) -> None:
               json.dumps(r["observed"], sort_keys=True) if r.get("observed") is not None else None)
              for r in results],
             template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)")
+        # in the gates' order, whichever of two gates run side by side records first: the same run, the same array
         cur.execute("""
-            UPDATE oms.pipeline_runs SET dq_results =
-                coalesce((SELECT jsonb_agg(e ORDER BY n) FROM jsonb_array_elements(dq_results) WITH ORDINALITY x (e, n)
-                          WHERE e ->> 'stage' IS DISTINCT FROM %(stage)s), '[]'::jsonb) || %(new)s::jsonb
-            WHERE run_at = %(t)s""", {"stage": stage, "new": json.dumps(summary), "t": t})
+            UPDATE oms.pipeline_runs SET dq_results = (
+                SELECT coalesce(jsonb_agg(e ORDER BY array_position(%(stages)s::text[], e ->> 'stage'), n), '[]'::jsonb)
+                FROM (SELECT e, n FROM jsonb_array_elements(dq_results) WITH ORDINALITY x (e, n)
+                      WHERE e ->> 'stage' IS DISTINCT FROM %(stage)s
+                      UNION ALL
+                      SELECT e, 1000000 + n FROM jsonb_array_elements(%(new)s::jsonb) WITH ORDINALITY y (e, n)) z)
+            WHERE run_at = %(t)s""", {"stage": stage, "new": json.dumps(summary), "t": t, "stages": list(STAGES)})
 
 
 def _log(results: list[dict]) -> None:

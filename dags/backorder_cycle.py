@@ -22,7 +22,7 @@ lines get stock, which wait as backorders, which are held or cancelled, and publ
 |---|---|
 | **extract** | loads new files of the file drop (`BACKORDERS_LANDING_DIR`, each file once), opens the run (schema migrations, rules validation, rewind of an earlier execution of T), parses order messages into new orders and lines (bad ones go to `oms.quarantine`), stages the cancellations decided at T before allocation (buyer's requests, FTC deadlines, automatic cancellation), stages the on hand at T and the lines that wait from earlier runs (side by side with the orders), then demand, stock and shipment confirmations |
 | **check_extract** | data-quality gate (Great Expectations on PostgreSQL, `include/rules/checks.yaml`) on the staged input: types, required fields, ranges, unique ids, stock not negative, dates not after T, nothing lost; a blocking failure stops the run before anything is published |
-| **allocate** | beside the extract gate (it writes only staging; nothing after it runs unless the gate passed): one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
+| **allocate** | beside or before the extract gate (it writes only staging; nothing is published unless the gate passed): one mapped task per stock pool (channels sharing sources): priority, FIFO, sourcing and split rules |
 | **check_allocation** | invariants: no source over-allocated, quantities add up, no backorder where not allowed, shipment limits |
 | **prepare_publish** | beside the allocation gate: the new shipment requests' numbers, the lines the run touches and their new quantities, prepared in staging so that `publish` only writes (reads `oms`, writes nothing there) |
 | **load** | publishes orders, lines, shipment requests, cancellations, the attempts log and exceptions in one transaction (beside it, the run's shipment messages and its settlements, captures per shipment request and refunds, are built in staging: `prepare_shipment_messages`, `prepare_settlements`); then, side by side with the load gate, the FTC delay notices and consent, FTC exceptions and the orders' FTC trail (`apply_after_publish`), `oms.storefront_availability` (`refresh_storefront`) and the run's other payment requests, built in staging (`prepare_payment_requests`: captures of whole orders, re-authorizations) |
@@ -431,12 +431,12 @@ def backorder_cycle():
 
     loaded, load_gate = load(), check_load()
     extracted = extract()
-    # the extract gate beside the pools' allocations (which write only the run's staging schema); the allocation gate
-    # and the preparation of publish wait for both and run side by side; publish waits for them
+    # the extract gate may run beside the pools' allocations or after them (the pools, the allocation gate and the
+    # preparation of publish write only the run's staging schema); publish waits for the three of them
     gate, allocated, prepared = check_extract(), allocate(), [check_allocation(), prepare_publish()]
     extracted >> [gate, allocated]
-    gate >> prepared
-    allocated >> prepared >> loaded
+    allocated >> prepared
+    [gate, *prepared] >> loaded
     # the load gate checks what publish wrote, next to the lifecycle and the storefront; the side effects wait for all
     loaded.get_child_by_label("publish") >> load_gate
     [loaded, load_gate] >> side_effects() >> report() >> deliver()

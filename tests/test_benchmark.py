@@ -135,7 +135,7 @@ def test_reuse_database_measures_a_kept_database_again(pg_admin_url, tmp_path):
         assert "history_ratio" in again["targets"]
         # the stages run side by side are reported as blocks; the groups add up to the cycle (its untimed gaps aside)
         run = runs[0]
-        assert set(run["parallel"]) == {"extract", "allocate", "check_allocation", "publish", "after_publish",
+        assert set(run["parallel"]) == {"extract", "check_allocation", "publish", "after_publish",
                                         "side_effects"}
         assert 0.8 * run["wall_seconds"] <= sum(benchmark.grouped(run["seconds"], run["parallel"]).values()) \
             <= run["wall_seconds"]

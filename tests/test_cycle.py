@@ -321,6 +321,32 @@ def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
     assert s["orders_created"] == 1 and s["lines_allocated"] == 1
 
 
+def test_bad_input_is_reported_by_the_extract_gate_even_when_the_allocation_fails(landing, migrated_url, monkeypatch):
+    """run_cycle runs the extract gate after the pools' allocations (beside the allocation gate); when an allocation
+    fails on input the gate would block, the gate still runs and its failure is the one raised and recorded."""
+    url = migrated_url
+    landing.message(order_message("F1", lines=[("SKU-F", 1, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-F", 1)], "2026-03-02T00:00:00Z")
+    from backorders import quality
+
+    broken = quality.Check("extract.always_fails", "input always bad", "{stg}.demand",
+                           query="SELECT count(*) AS x FROM (SELECT * FROM {batch}) d")
+    monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [broken])
+    for allocation_fails in (True, False):
+        if allocation_fails:
+            def engine_broke(*args, **kwargs):
+                raise ZeroDivisionError("the engine broke on the bad input")
+            monkeypatch.setattr(cycle, "allocate", engine_broke)
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [broken])
+        with pytest.raises(cycle.CheckFailed, match="input always bad: 1 rows"):
+            cycle.run_cycle(url, T1)
+        assert table_rows(url, "SELECT count(*) FROM oms.orders") == [(0,)]
+        status, error = table_rows(url, "SELECT status, error FROM oms.pipeline_runs")[0]
+        assert status == "FAILED" and "input always bad" in error, allocation_fails
+
+
 def extract_again(url, t, stage, runs: int) -> None:
     """Open T again (a rewind) and run its extract, with `stage` (one that extract_stock stands in for when it has not
     run) run `runs` times beside the orders' extract."""

@@ -55,21 +55,23 @@ def test_backorder_cycle_shape(dagbag):
     assert dag.get_task("extract.extract_stock").upstream_task_ids == {"extract.stage_cancellations",
                                                                         "extract.stage_on_hand",
                                                                         "extract.stage_open_lines"}
-    # the extract gate beside the allocation (which writes only staging): both follow the staged input, and the
-    # allocation gate and the preparation of publish wait for both, side by side; publish waits for those two
+    # the extract gate and the allocation both follow the staged input (the allocation writes only staging); the
+    # allocation gate and the preparation of publish follow the allocation, side by side (and beside the extract
+    # gate, as run_cycle runs them); publish, and all that is prepared beside it, waits for those three
     assert dag.get_task("check_extract").upstream_task_ids == {"extract.extract_stock"}
     assert dag.get_task("allocate.list_pools").upstream_task_ids == {"extract.extract_stock"}
     for task_id in ("check_allocation", "prepare_publish"):
-        assert dag.get_task(task_id).upstream_task_ids == {"check_extract", "allocate.allocate_pool"}, task_id
-    assert dag.get_task("load.publish").upstream_task_ids == {"check_allocation", "prepare_publish"}
+        assert dag.get_task(task_id).upstream_task_ids == {"allocate.allocate_pool"}, task_id
+    gates = {"check_extract", "check_allocation", "prepare_publish"}
+    assert dag.get_task("load.publish").upstream_task_ids == gates
     # after publish, side by side: the lifecycle, the storefront and the load gate (which checks what publish wrote)
     after = {"load.apply_after_publish", "load.refresh_storefront", "check_load", "load.prepare_payment_requests"}
     assert dag.get_task("load.publish").downstream_task_ids == after
     # the shipment messages are built beside publish (from the staged run); both outboxes' rows only in staging
-    assert dag.get_task("load.prepare_shipment_messages").upstream_task_ids == {"check_allocation", "prepare_publish"}
+    assert dag.get_task("load.prepare_shipment_messages").upstream_task_ids == gates
     # so are the settlements (captures per shipment request, refunds); the other payment requests follow from what
     # publish wrote, and take the settlements with them
-    assert dag.get_task("load.prepare_settlements").upstream_task_ids == {"check_allocation", "prepare_publish"}
+    assert dag.get_task("load.prepare_settlements").upstream_task_ids == gates
     assert dag.get_task("load.prepare_payment_requests").upstream_task_ids == {"load.publish",
                                                                                 "load.prepare_settlements"}
     after = after | {"load.prepare_shipment_messages"}

@@ -292,5 +292,8 @@ def test_install_masks_every_backorders_log_record(caplog):
             logging.getLogger("other.library").info("kept as is: %s", EMAIL)
         assert "550 <d***@e***.com>: recipient rejected" in caplog.text
         assert caplog.text.count(EMAIL) == 1 and "kept as is" in caplog.text
+        # a copy of a record, as structlog's formatter makes one (logging.makeLogRecord: first without a name)
+        copied = logging.makeLogRecord(caplog.records[0].__dict__)
+        assert copied.getMessage() == "550 <d***@e***.com>: recipient rejected"
     finally:
         logging.setLogRecordFactory(previous)
