@@ -299,16 +299,24 @@ def test_clearing_a_run_and_the_later_ones_replays_the_same_tables(landing, migr
     assert snapshot_oms(url) == final
 
 
-def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
-    url = migrated_url
-    landing.message(order_message("F1", lines=[("SKU-F", 1, None)]), "2026-03-02T01:00:00Z")
-    landing.stock([("WH_PDX", "SKU-F", 1)], "2026-03-02T00:00:00Z")
+def always_failing_check(landing, monkeypatch, check_id: str, description: str):
+    """One order and its stock before T1, and a blocking check (of the gate check_id names) that always finds one
+    failing row."""
     from backorders import quality
 
-    # a blocking check of the allocation gate that always finds one failing row
-    broken = quality.Check("allocate.always_fails", "always fails", "{stg}.demand",
+    landing.message(order_message("F1", lines=[("SKU-F", 1, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-F", 1)], "2026-03-02T00:00:00Z")
+    broken = quality.Check(check_id, description, "{stg}.demand",
                            query="SELECT count(*) AS x FROM (SELECT * FROM {batch}) d")
     monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [broken])
+    return broken
+
+
+def test_failed_check_publishes_nothing(landing, migrated_url, monkeypatch):
+    from backorders import quality
+
+    url = migrated_url
+    broken = always_failing_check(landing, monkeypatch, "allocate.always_fails", "always fails")
     with pytest.raises(cycle.CheckFailed, match="always fails: 1 rows"):
         cycle.run_cycle(url, T1)
     assert table_rows(url, "SELECT count(*) FROM oms.orders") == [(0,)]
@@ -325,21 +333,14 @@ def test_bad_input_is_reported_by_the_extract_gate_even_when_the_allocation_fail
     """run_cycle runs the extract gate after the pools' allocations (beside the allocation gate); when an allocation
     fails on input the gate would block, the gate still runs and its failure is the one raised and recorded."""
     url = migrated_url
-    landing.message(order_message("F1", lines=[("SKU-F", 1, None)]), "2026-03-02T01:00:00Z")
-    landing.stock([("WH_PDX", "SKU-F", 1)], "2026-03-02T00:00:00Z")
-    from backorders import quality
+    always_failing_check(landing, monkeypatch, "extract.always_fails", "input always bad")
+    real_allocate = cycle.allocate
 
-    broken = quality.Check("extract.always_fails", "input always bad", "{stg}.demand",
-                           query="SELECT count(*) AS x FROM (SELECT * FROM {batch}) d")
-    monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [broken])
+    def engine_broke(*args, **kwargs):
+        raise ZeroDivisionError("the engine broke on the bad input")
+
     for allocation_fails in (True, False):
-        if allocation_fails:
-            def engine_broke(*args, **kwargs):
-                raise ZeroDivisionError("the engine broke on the bad input")
-            monkeypatch.setattr(cycle, "allocate", engine_broke)
-        else:
-            monkeypatch.undo()
-            monkeypatch.setattr(quality, "CHECKS", quality.CHECKS + [broken])
+        monkeypatch.setattr(cycle, "allocate", engine_broke if allocation_fails else real_allocate)
         with pytest.raises(cycle.CheckFailed, match="input always bad: 1 rows"):
             cycle.run_cycle(url, T1)
         assert table_rows(url, "SELECT count(*) FROM oms.orders") == [(0,)]
