@@ -862,10 +862,11 @@ def run_cycle(url: str, t, rules: Rules | None = None, airflow_run_id: str | Non
     the DAG runs side by side run here at the same time too, one thread and connection each: the on hand and the open
     lines next to the orders' extract and cancellations; the extract gate, the allocation gate and prepare_publish,
     after the pools' allocations (one after the other: they are Python, and threads share the interpreter lock);
-    publish and the shipment messages' and settlements' preparation (one after the other); the lifecycle, the storefront, the load gate and the payment requests'
-    preparation after publish; the three outboxes. The summary's "parallel" gives each such block's wall time
-    ("seconds" has each stage's own), and "peak_rss_mb" the process's peak memory when each stage ended (it only
-    grows: the stage where it jumps is the one that holds the most; stages of one block share the process).
+    publish and the shipment messages' and settlements' preparation (one after the other); the lifecycle, the
+    storefront, the load gate and the payment requests' preparation after publish; the three outboxes. The summary's
+    "parallel" gives each such block's wall time ("seconds" has each stage's own), and "peak_rss_mb" the process's
+    peak memory when each stage ended (it only grows: the stage where it jumps is the one that holds the most; stages
+    of one block share the process).
 
     If another run holds the run lock, waits for it up to lock_wait seconds (then run_lock.RunLocked).
     keep_staging keeps the run's staging schema (the benchmark measures its floor on the same staged input).
