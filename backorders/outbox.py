@@ -313,9 +313,6 @@ def _money_events(cur, t: datetime, staged: str | None = None) -> None:
     else:
         cur.execute(f"ALTER TABLE {staged}.money_orders ADD PRIMARY KEY (order_id); ANALYZE {staged}.money_orders; "
                     f"CREATE TEMP VIEW mo AS SELECT * FROM {staged}.money_orders")
-    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'oms' "
-                "AND table_name = 'line_cancellations' AND column_name = 'refund_due_at'")
-    due_col = "c.refund_due_at" if cur.fetchone() else "NULL::timestamptz"
     earlier, earlier_c = ("", "") if staged is None else ("AND r.requested_at < %(t)s", "AND c.run_at < %(t)s")
     events = f"""
             SELECT k.order_id, l.line_id, r.requested_at AS at, 0 AS rnk, r.shipment_number AS seq, '' AS ckind,
@@ -323,7 +320,8 @@ def _money_events(cur, t: datetime, staged: str | None = None) -> None:
             FROM mo k JOIN oms.shipment_requests r ON r.order_id = k.order_id {earlier}
             JOIN oms.shipment_request_lines l ON l.shipment_request_id = r.shipment_request_id
             UNION ALL
-            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits, c.reason, {due_col}
+            SELECT k.order_id, c.line_id, c.run_at, 1, 0, c.kind, NULL, c.quantity, k.digits, c.reason,
+                   c.refund_due_at
             FROM mo k JOIN oms.line_cancellations c ON c.order_id = k.order_id {earlier_c}"""
     # the events by key lookups from the run's orders: a hash or merge join (which the planner picks when the run's
     # orders are many) reads every shipment request and order line of the history, and its cost grows with it
@@ -335,13 +333,12 @@ def _money_events(cur, t: datetime, staged: str | None = None) -> None:
         cur.execute(f"CREATE TEMP TABLE money_raw ON COMMIT DROP AS {events}", {"t": t})
         cur.execute(f"""
             CREATE TEMP TABLE money_lines ON COMMIT DROP AS
-            SELECT l.order_id, l.line_id, l.line_number, l.sku, l.qty_ordered, l.gross_amount, l.tax_amount
+            SELECT {_LINE_FIELDS}
             FROM mo k JOIN oms.order_lines l ON l.order_id = k.order_id AND l.created_run_at < %(t)s""", {"t": t})
         cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
         cur.execute(f"""
             INSERT INTO money_lines
-            SELECT l.order_id, l.line_id, l.line_number, l.sku, l.qty_ordered, l.gross_amount, l.tax_amount
-            FROM {staged}.new_lines l JOIN mo k USING (order_id);
+            SELECT {_LINE_FIELDS} FROM {staged}.new_lines l JOIN mo k USING (order_id);
             INSERT INTO money_raw
             SELECT k.order_id, a.line_id, %(t)s, 0, s.shipment_number::integer, '',
                    'SR-' || s.order_id || '-' || s.shipment_number, a.qty::integer, k.digits, NULL, NULL
@@ -386,6 +383,7 @@ def _money_events(cur, t: datetime, staged: str | None = None) -> None:
 
 
 _ORDER_COLS = "o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
+_LINE_FIELDS = "l.order_id, l.line_id, l.line_number, l.sku, l.qty_ordered, l.gross_amount, l.tax_amount"
 _ORDER_FIELDS = "order_id, o.store, o.currency, o.payment_method, o.payment_reference, o.gateway_id, o.transaction_id"
 
 
@@ -520,7 +518,7 @@ def _build_requests(cur, t: datetime, rules: Rules, stg: str | None, kinds: tupl
 
 def _branches(kinds: tuple) -> str:
     """The UNION ALL of the request branches of kinds (SETTLEMENTS, AFTER_PUBLISH) for _build_requests."""
-    due_col = "e.refund_due_at"
+    due_col = "e.refund_due_at"     # recorded by the lifecycle for its cancellations; else the channel's due date
     branches = {
         "partial_captures": f"""
             SELECT 'CAPTURE' AS kind, 'CAPTURE/' || c.shipment_request_id AS key, c.order_id,

@@ -703,7 +703,7 @@ def _record(url: str, t, stage: str, results: list[dict]) -> None:
                 FROM (SELECT e, n FROM jsonb_array_elements(dq_results) WITH ORDINALITY x (e, n)
                       WHERE e ->> 'stage' IS DISTINCT FROM %(stage)s
                       UNION ALL
-                      SELECT e, 1000000 + n FROM jsonb_array_elements(%(new)s::jsonb) WITH ORDINALITY y (e, n)) z)
+                      SELECT e, n FROM jsonb_array_elements(%(new)s::jsonb) WITH ORDINALITY y (e, n)) z)
             WHERE run_at = %(t)s""", {"stage": stage, "new": json.dumps(summary), "t": t, "stages": list(STAGES)})
 
 
