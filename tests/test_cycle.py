@@ -601,3 +601,71 @@ def test_lines_derived_at_publish_equal_their_events_recomputed(migrated_url, mo
                                FROM oms.order_lines""")[0]
     assert min(kinds) > 0, kinds
     assert differ_from_their_events(url, times[-1]) == ([], [])
+
+
+def test_statistics_refreshed_after_publish_when_autovacuum_would_analyze(migrated_url):
+    """cycle.tables_to_analyze applies autovacuum's rule: a table is analyzed when never analyzed, or when the rows
+    changed since its last analyze plus this run's exceed autovacuum_analyze_threshold (50) +
+    autovacuum_analyze_scale_factor (0.1) x its rows, with the table's own settings where it has them."""
+    import time
+
+    from backorders import db
+
+    url = migrated_url
+    conn = db.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.sampled (i integer)")
+        assert cycle.tables_to_analyze(cur, {"public.sampled": 0}, ("public.sampled",)) == ["public.sampled"]
+        cur.execute("INSERT INTO public.sampled SELECT generate_series(1, 1000)")
+    conn.close()
+    conn = db.connect(url)              # the inserts counted by the statistics (a closed session reports them)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for _ in range(100):
+            cur.execute("SELECT pg_stat_clear_snapshot(); "
+                        "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'sampled'")
+            if cur.fetchone()[0] == 1000:
+                break
+            time.sleep(0.1)
+        cur.execute("ANALYZE public.sampled; SELECT pg_stat_clear_snapshot()")
+        cur.execute("SELECT reltuples, n_mod_since_analyze FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                    "WHERE c.relname = 'sampled'")
+        assert cur.fetchone() == (1000, 0)
+
+        def analyzed(written):
+            return cycle.tables_to_analyze(cur, {"public.sampled": written}, ("public.sampled",)) == ["public.sampled"]
+
+        assert [analyzed(n) for n in (0, 150, 151)] == [False, False, True]
+        cur.execute("ALTER TABLE public.sampled SET (autovacuum_analyze_scale_factor = 0.5)")
+        assert [analyzed(n) for n in (151, 550, 551)] == [False, False, True]
+        cur.execute("ALTER TABLE public.sampled SET (autovacuum_analyze_threshold = 0)")
+        assert [analyzed(n) for n in (500, 501)] == [False, True]
+    conn.close()
+
+
+def test_publish_counts_the_rows_it_wrote_for_the_statistics(landing, migrated_url, monkeypatch):
+    """publish passes analyze_published the rows it inserted, updated or deleted per oms table in its transaction:
+    here, at the second run, a restock allocates one of two backordered lines."""
+    url = migrated_url
+    landing.message(order_message("A", lines=[("SKU-R", 2, None), ("SKU-S", 1, None)]), "2026-03-02T01:00:00Z")
+    landing.stock([("WH_PDX", "SKU-R", 0), ("WH_PDX", "SKU-S", 0)], "2026-03-01T00:00:00Z")
+    cycle.run_cycle(url, T1)
+    landing.stock([("WH_PDX", "SKU-R", 2)], "2026-03-02T12:00:00Z")
+    seen = []
+    real = cycle.analyze_published
+    monkeypatch.setattr(cycle, "analyze_published", lambda url, written=None: seen.append(written) or real(url, written))
+    cycle.run_cycle(url, T2)
+    assert len(seen) == 1
+    at_t2 = table_rows(url, f"""
+        SELECT (SELECT count(*) FROM oms.shipment_requests WHERE requested_at = '{T2}'),
+               (SELECT count(*) FROM oms.shipment_request_lines l JOIN oms.shipment_requests r USING (shipment_request_id)
+                WHERE r.requested_at = '{T2}'),
+               (SELECT count(*) FROM oms.backorder_attempts WHERE checked_at = '{T2}'),
+               (SELECT count(*) FROM oms.order_lines WHERE updated_at = '{T2}')""")[0]
+    assert at_t2 == (1, 1, 2, 1), at_t2
+    written = seen[0]
+    assert tuple(written.get(f"oms.{table}", 0) for table in ("shipment_requests", "shipment_request_lines",
+                                                              "backorder_attempts", "order_lines")) == at_t2, written
+    # the order stays BACKORDERED (its other line waits): not written
+    assert written.get("oms.order_documents", 0) == written.get("oms.orders", 0) == 0, written

@@ -92,5 +92,10 @@ WHERE cur.status IS DISTINCT FROM s.status
 ORDER BY o.order_id;
 ANALYZE {stg}.refreshed_orders;
 
+-- by key, as the lines above: a hash join would read every order of the history
+SET LOCAL enable_hashjoin = off;
+SET LOCAL enable_mergejoin = off;
 UPDATE oms.orders ord SET status = s.status, updated_at = %(t)s
 FROM {stg}.refreshed_orders s WHERE ord.order_id = s.order_id;
+RESET enable_hashjoin;
+RESET enable_mergejoin;
