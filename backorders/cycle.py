@@ -796,13 +796,13 @@ def tables_to_analyze(cur, written: dict[str, int], tables: tuple = PUBLISHED_TA
         FROM unnest(%(tables)s::text[], %(written)s::bigint[]) AS t(name, written)
         JOIN pg_class c ON c.oid = t.name::regclass
         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-        CROSS JOIN LATERAL (
-            SELECT coalesce((SELECT o.option_value::float8 FROM pg_options_to_table(c.reloptions) o
-                             WHERE o.option_name = 'autovacuum_analyze_threshold'),
+        CROSS JOIN LATERAL (     -- one row: the table's own setting (reloptions) where it has one, else the server's
+            SELECT coalesce(max(o.value) FILTER (WHERE o.name = 'autovacuum_analyze_threshold'),
                             current_setting('autovacuum_analyze_threshold')::float8) AS base,
-                   coalesce((SELECT o.option_value::float8 FROM pg_options_to_table(c.reloptions) o
-                             WHERE o.option_name = 'autovacuum_analyze_scale_factor'),
-                            current_setting('autovacuum_analyze_scale_factor')::float8) AS scale) v
+                   coalesce(max(o.value) FILTER (WHERE o.name = 'autovacuum_analyze_scale_factor'),
+                            current_setting('autovacuum_analyze_scale_factor')::float8) AS scale
+            FROM (SELECT option_name AS name, option_value::float8 AS value FROM pg_options_to_table(c.reloptions)
+                  WHERE option_name LIKE 'autovacuum_analyze_%%') o) v
         WHERE c.reltuples < 0
            OR t.written + coalesce(s.n_mod_since_analyze, 0) > v.base + v.scale * c.reltuples
         ORDER BY array_position(%(tables)s::text[], t.name)""",

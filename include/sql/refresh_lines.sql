@@ -57,7 +57,8 @@ WHERE v.cur_status = 'NEW'
 ORDER BY v.order_id, v.line_id;
 ANALYZE {stg}.refreshed;
 
--- one index probe per refreshed line, in key order: a hash join would read every line of the history
+-- one index probe per refreshed line, and below per refreshed order, in key order: a hash join would read every
+-- line (order) of the history; the orders' statuses in between are read by LATERAL key lookups either way
 SET LOCAL enable_hashjoin = off;
 SET LOCAL enable_mergejoin = off;
 UPDATE oms.order_lines ol SET
@@ -75,8 +76,6 @@ UPDATE oms.order_lines ol SET
     updated_at = %(t)s
 FROM {stg}.refreshed v
 WHERE ol.order_id = v.order_id AND ol.line_id = v.line_id;
-RESET enable_hashjoin;
-RESET enable_mergejoin;
 
 -- orders of the touched lines: status is the first that applies among their lines (each order's lines read by key)
 CREATE TABLE {stg}.refreshed_orders AS
@@ -92,9 +91,7 @@ WHERE cur.status IS DISTINCT FROM s.status
 ORDER BY o.order_id;
 ANALYZE {stg}.refreshed_orders;
 
--- by key, as the lines above: a hash join would read every order of the history
-SET LOCAL enable_hashjoin = off;
-SET LOCAL enable_mergejoin = off;
+-- by key, as the lines above (the settings still hold): a hash join would read every order of the history
 UPDATE oms.orders ord SET status = s.status, updated_at = %(t)s
 FROM {stg}.refreshed_orders s WHERE ord.order_id = s.order_id;
 RESET enable_hashjoin;
